@@ -1,0 +1,378 @@
+"""Multi-scale deformable attention: the Python front of the op (SPEC section 7).
+
+``ms_deform_attn`` checks its inputs, puts them in a dtype the backends support and runs the
+PyTorch custom op ``msda::ms_deform_attn``, whose autograd is the custom op
+``msda::ms_deform_attn_backward``. Autograd, ``torch.compile(fullgraph=True)`` and
+``torch.export`` therefore see one opaque node with a fake (shape-only) implementation. Inside
+the op the backend is chosen by device (see ``extension.py``): the compiled CPU or CUDA kernels
+of ``MultiScaleDeformableAttention``, or the pure-PyTorch ``grid_sample`` path.
+
+Dtypes: the op computes in the dtype of ``value``; sampling locations and attention weights are
+cast to it. On CPU, float16 and bfloat16 (what ``torch.autocast`` produces there) are computed in
+float32 and the output is cast back, because the CPU backends support float32 and float64 only.
+On CUDA, float16 and bfloat16 stay as they are (the kernels interpolate and accumulate in
+float32), so under autocast the locations are rounded to the half dtype: about 0.04 pixel on a
+167-pixel-wide level in float16, eight times more in bfloat16.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import extension
+
+__all__ = ["MSDeformAttnFunction", "ms_deform_attn", "ms_deform_attn_core_pytorch"]
+
+
+def _per_level(value: Tensor, value_spatial_shapes: Tensor, sampling_locations: Tensor):
+    """Yields (level, H, W, value_l (N*M, D, H, W), grid_l (N*M, Lq, P, 2)): grid_sample's layout."""
+    n, _, n_heads, head_dim = value.shape
+    shapes = [(int(h), int(w)) for h, w in value_spatial_shapes.tolist()]
+    value_per_level = value.split([h * w for h, w in shapes], dim=1)
+    # With align_corners=False, grid -1 is the outer edge of pixel 0, so x in [0, 1] lands on
+    # pixel x*W - 0.5 as the op defines; corners outside the map read the zero padding.
+    grids = 2 * sampling_locations - 1
+    for level, (h, w) in enumerate(shapes):
+        # (N, H*W, M, D) -> (N*M, D, H, W): each head samples its own slice of channels.
+        value_l = value_per_level[level].flatten(2).transpose(1, 2).reshape(n * n_heads, head_dim, h, w)
+        # (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
+        grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        yield level, h, w, value_l, grid_l
+
+
+def _sample(value_l: Tensor, grid_l: Tensor) -> Tensor:
+    return F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def ms_deform_attn_core_pytorch(
+    value: Tensor, value_spatial_shapes: Tensor, sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """The op on ``F.grid_sample``: slow and memory hungry, but always available and differentiable.
+
+    value (N, S, M, D); value_spatial_shapes (L, 2) as (H, W); sampling_locations
+    (N, Lq, M, L, P, 2) as (x, y) in [0, 1]; attention_weights (N, Lq, M, L, P) -> (N, Lq, M*D).
+    """
+    n, _, n_heads, head_dim = value.shape
+    _, n_queries, _, n_levels, n_points, _ = sampling_locations.shape
+    if n * n_queries == 0:
+        return value.new_zeros(n, n_queries, n_heads * head_dim)
+    sampled = [_sample(v, g) for _, _, _, v, g in _per_level(value, value_spatial_shapes, sampling_locations)]
+    # (N*M, D, Lq, L, P) -> (N*M, D, Lq, L*P), weighted by (N*M, 1, Lq, L*P) and summed over L*P.
+    sampled = torch.stack(sampled, dim=-2).flatten(-2)
+    weights = attention_weights.transpose(1, 2).reshape(n * n_heads, 1, n_queries, n_levels * n_points)
+    out = (sampled * weights).sum(-1)
+    return out.view(n, n_heads * head_dim, n_queries).transpose(1, 2).contiguous()
+
+
+def _core_pytorch_backward(
+    value: Tensor,
+    value_spatial_shapes: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    grad_output: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of ``ms_deform_attn_core_pytorch`` written out (a custom op runs below autograd)."""
+    n, _, n_heads, head_dim = value.shape
+    _, n_queries, _, n_levels, n_points, _ = sampling_locations.shape
+    # (N, Lq, M*D) -> (N*M, D, Lq, 1), the layout of grid_sample's output.
+    grad_out = grad_output.view(n, n_queries, n_heads, head_dim).permute(0, 2, 3, 1)
+    grad_out = grad_out.reshape(n * n_heads, head_dim, n_queries, 1)
+    grad_value, grad_loc, grad_weights = [], [], []
+    for level, h, w, value_l, grid_l in _per_level(value, value_spatial_shapes, sampling_locations):
+        weights_l = (
+            attention_weights[:, :, :, level].transpose(1, 2).reshape(n * n_heads, 1, n_queries, n_points)
+        )
+        grad_weights.append((grad_out * _sample(value_l, grid_l)).sum(1))  # (N*M, Lq, P)
+        grad_value_l, grad_grid_l = torch.ops.aten.grid_sampler_2d_backward(
+            grad_out * weights_l, value_l, grid_l, 0, 0, False, [True, True]
+        )
+        # (N*M, D, H, W) -> (N, H*W, M, D)
+        grad_value.append(grad_value_l.view(n, n_heads, head_dim, h * w).permute(0, 3, 1, 2))
+        grad_loc.append(2 * grad_grid_l)  # d grid / d loc = 2; (N*M, Lq, P, 2)
+    grad_value = torch.cat(grad_value, dim=1)
+    grad_loc = torch.stack(grad_loc, dim=2).view(n, n_heads, n_queries, n_levels, n_points, 2).transpose(1, 2)
+    grad_weights = (
+        torch.stack(grad_weights, dim=2).view(n, n_heads, n_queries, n_levels, n_points).transpose(1, 2)
+    )
+    return grad_value.contiguous(), grad_loc.contiguous(), grad_weights.contiguous()
+
+
+def _shape_str(t: Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def _check_inputs(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    im2col_step: int,
+) -> None:
+    """Shape, dtype and device checks that need no tensor data (they trace under torch.compile)."""
+    named = {
+        "value": value,
+        "value_spatial_shapes": spatial_shapes,
+        "value_level_start_index": level_start_index,
+        "sampling_locations": sampling_locations,
+        "attention_weights": attention_weights,
+    }
+    for name, t in named.items():
+        if not isinstance(t, Tensor):
+            raise TypeError(f"ms_deform_attn: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if value.dim() != 4:
+        raise ValueError(
+            f"ms_deform_attn: value must have shape (N, S, n_heads, head_dim), got {_shape_str(value)}"
+        )
+    n, _, n_heads, _ = value.shape
+    if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
+        raise ValueError(
+            "ms_deform_attn: value_spatial_shapes must have shape (n_levels, 2) holding (H, W), "
+            f"got {_shape_str(spatial_shapes)}"
+        )
+    n_levels = spatial_shapes.shape[0]
+    for name in ("value_spatial_shapes", "value_level_start_index"):
+        t = named[name]
+        if t.dtype != torch.int64:
+            raise TypeError(f"ms_deform_attn: {name} must be int64 (torch.long), got {t.dtype}")
+    if tuple(level_start_index.shape) != (n_levels,):
+        raise ValueError(
+            f"ms_deform_attn: value_level_start_index must have shape ({n_levels},) for {n_levels} "
+            f"levels, got {_shape_str(level_start_index)}"
+        )
+    if sampling_locations.dim() != 6:
+        raise ValueError(
+            "ms_deform_attn: sampling_locations must have shape (N, Lq, n_heads, n_levels, n_points, 2), "
+            f"got {_shape_str(sampling_locations)}"
+        )
+    n_queries, n_points = sampling_locations.shape[1], sampling_locations.shape[4]
+    expected_loc = (n, n_queries, n_heads, n_levels, n_points, 2)
+    if tuple(sampling_locations.shape) != expected_loc:
+        raise ValueError(
+            f"ms_deform_attn: sampling_locations must have shape (N, Lq, n_heads, n_levels, n_points, 2) = "
+            f"{expected_loc} for value {_shape_str(value)} and {n_levels} levels, "
+            f"got {_shape_str(sampling_locations)}"
+        )
+    expected_w = expected_loc[:-1]
+    if tuple(attention_weights.shape) != expected_w:
+        raise ValueError(
+            f"ms_deform_attn: attention_weights must have shape (N, Lq, n_heads, n_levels, n_points) = "
+            f"{expected_w}, got {_shape_str(attention_weights)}"
+        )
+    for name in ("value", "sampling_locations", "attention_weights"):
+        if not named[name].is_floating_point():
+            raise TypeError(
+                f"ms_deform_attn: {name} must be a floating-point tensor, got {named[name].dtype}"
+            )
+    for name, t in named.items():
+        if t.device != value.device:
+            raise ValueError(
+                f"ms_deform_attn: every input must be on the device of value ({value.device}); "
+                f"{name} is on {t.device}"
+            )
+    if isinstance(im2col_step, bool) or not isinstance(im2col_step, int) or im2col_step <= 0:
+        raise ValueError(f"ms_deform_attn: im2col_step must be a positive int, got {im2col_step!r}")
+
+
+def _check_levels(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor) -> None:
+    """Checks that need the level sizes themselves; run inside the op, on real tensors."""
+    shapes = spatial_shapes.tolist()
+    if any(h <= 0 or w <= 0 for h, w in shapes):
+        raise ValueError(
+            f"ms_deform_attn: every level of value_spatial_shapes must be positive, got {shapes}"
+        )
+    sizes = [h * w for h, w in shapes]
+    if sum(sizes) != value.shape[1]:
+        raise ValueError(
+            f"ms_deform_attn: the levels of value_spatial_shapes {shapes} hold sum(H*W) = {sum(sizes)} "
+            f"positions, but value has S = {value.shape[1]} (value shape {_shape_str(value)})"
+        )
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    if level_start_index.tolist() != starts:
+        raise ValueError(
+            f"ms_deform_attn: value_level_start_index must be {starts} for value_spatial_shapes {shapes}, "
+            f"got {level_start_index.tolist()}"
+        )
+
+
+def _compute_dtype(value: Tensor) -> torch.dtype:
+    """The dtype the backends run in: value's, except half precision on CPU (float32 there)."""
+    if value.device.type == "cpu" and value.dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return value.dtype
+
+
+@torch.library.custom_op("msda::ms_deform_attn", mutates_args=())
+def _forward_op(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    im2col_step: int,
+) -> Tensor:
+    _check_levels(value, spatial_shapes, level_start_index)
+    kernels = extension.kernels_for(value.device)
+    if kernels is None or value.shape[0] * sampling_locations.shape[1] == 0:
+        return ms_deform_attn_core_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
+    return kernels.ms_deform_attn_forward(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step
+    )
+
+
+@_forward_op.register_fake
+def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step):
+    n, _, n_heads, head_dim = value.shape
+    return value.new_empty(n, sampling_locations.shape[1], n_heads * head_dim)
+
+
+@torch.library.custom_op("msda::ms_deform_attn_backward", mutates_args=())
+def _backward_op(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    grad_output: Tensor,
+    im2col_step: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    kernels = extension.kernels_for(value.device)
+    if value.shape[0] * sampling_locations.shape[1] == 0:
+        return (
+            value.new_zeros(value.shape),
+            torch.zeros_like(sampling_locations),
+            torch.zeros_like(attention_weights),
+        )
+    if kernels is None:
+        return _core_pytorch_backward(
+            value, spatial_shapes, sampling_locations, attention_weights, grad_output
+        )
+    grad_value, grad_loc, grad_weights = kernels.ms_deform_attn_backward(
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+        grad_output,
+        im2col_step,
+    )
+    return grad_value, grad_loc, grad_weights
+
+
+@_backward_op.register_fake
+def _(
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_output, im2col_step
+):
+    return torch.empty_like(value), torch.empty_like(sampling_locations), torch.empty_like(attention_weights)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step = inputs
+    ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    ctx.im2col_step = im2col_step
+
+
+def _backward(ctx, grad_output: Tensor):
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
+    grad_value, grad_loc, grad_weights = _backward_op(
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+        grad_output.contiguous(),
+        ctx.im2col_step,
+    )
+    return grad_value, None, None, grad_loc, grad_weights, None
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def ms_deform_attn(
+    value: Tensor,
+    value_spatial_shapes: Tensor,
+    value_level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    im2col_step: int = 64,
+) -> Tensor:
+    """Multi-scale deformable attention, differentiable in value, locations and weights.
+
+    value (N, S, M, D); value_spatial_shapes (L, 2) int64 as (H, W); value_level_start_index (L,)
+    int64; sampling_locations (N, Lq, M, L, P, 2) as (x, y) in [0, 1]; attention_weights
+    (N, Lq, M, L, P) -> (N, Lq, M*D) in the dtype of value. Any batch size works with any
+    ``im2col_step`` (the number of images the compiled kernels process at once).
+    """
+    _check_inputs(
+        value,
+        value_spatial_shapes,
+        value_level_start_index,
+        sampling_locations,
+        attention_weights,
+        im2col_step,
+    )
+    dtype = _compute_dtype(value)
+    out = _forward_op(
+        value.to(dtype).contiguous(),
+        value_spatial_shapes.contiguous(),
+        value_level_start_index.contiguous(),
+        sampling_locations.to(dtype).contiguous(),
+        attention_weights.to(dtype).contiguous(),
+        im2col_step,
+    )
+    return out.to(value.dtype)
+
+
+class MSDeformAttnFunction(torch.autograd.Function):
+    """The public op's autograd.Function, kept for code that calls ``MSDeformAttnFunction.apply``.
+
+    It runs the same custom ops as ``ms_deform_attn``; gradients come back in the dtype of the input
+    they belong to.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        value: Tensor,
+        value_spatial_shapes: Tensor,
+        value_level_start_index: Tensor,
+        sampling_locations: Tensor,
+        attention_weights: Tensor,
+        im2col_step: int,
+    ) -> Tensor:
+        _check_inputs(
+            value,
+            value_spatial_shapes,
+            value_level_start_index,
+            sampling_locations,
+            attention_weights,
+            im2col_step,
+        )
+        dtype = _compute_dtype(value)
+        inputs = (
+            value.to(dtype).contiguous(),
+            value_spatial_shapes.contiguous(),
+            value_level_start_index.contiguous(),
+            sampling_locations.to(dtype).contiguous(),
+            attention_weights.to(dtype).contiguous(),
+        )
+        ctx.save_for_backward(*inputs)
+        ctx.im2col_step = im2col_step
+        ctx.grad_dtypes = (value.dtype, sampling_locations.dtype, attention_weights.dtype)
+        return _forward_op(*inputs, im2col_step).to(value.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
+        grads = _backward_op(
+            value,
+            spatial_shapes,
+            level_start_index,
+            sampling_locations,
+            attention_weights,
+            grad_output.to(value.dtype).contiguous(),
+            ctx.im2col_step,
+        )
+        grad_value, grad_loc, grad_weights = (g.to(d) for g, d in zip(grads, ctx.grad_dtypes, strict=True))
+        return grad_value, None, None, grad_loc, grad_weights, None
