@@ -98,9 +98,13 @@ def _add_loss_args(p: argparse.ArgumentParser) -> None:
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     # data
-    p.add_argument("--dataset_file", default="coco", help="coco, coco_panoptic or toy")
+    p.add_argument("--dataset_file", default="coco", help="coco, coco_panoptic, toy or toy_panoptic")
     p.add_argument("--coco_path", default="./data/coco", type=str)
     p.add_argument("--coco_panoptic_path", type=str)
+    p.add_argument("--toy_panoptic_root", default=None, type=str,
+                   help="cache folder of --dataset_file toy_panoptic (default data/toy_panoptic)")
+    p.add_argument("--toy_root", default=None, type=str,
+                   help="cache folder of --dataset_file toy (default data/toy; generated if missing)")
     p.add_argument("--remove_difficult", action="store_true")
     # run
     p.add_argument("--output_dir", default="", help="path where to save, empty for no saving")

@@ -1,0 +1,154 @@
+"""A COCO-layout image folder read through pycocotools, with optional in-memory caching.
+
+``CocoDetection[i]`` returns ``(PIL RGB image, list of the image's annotation dicts)``. The
+annotation file is checked before pycocotools sees it, so a malformed file fails with a message
+that says what is wrong and where, instead of a KeyError deep inside pycocotools.
+
+With ``cache_mode`` the encoded image files are read into memory once; with ``local_size`` > 1
+each process keeps only the images whose index is ``local_rank`` modulo ``local_size``, the ones
+``NodeDistributedSampler`` gives it.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from numbers import Real
+
+import PIL.Image
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+
+_IMAGE_KEYS = ("id", "file_name", "height", "width")
+_ANNOTATION_KEYS = ("id", "image_id", "category_id", "bbox")
+
+
+class AnnotationFileError(ValueError):
+    """The instances JSON is not a valid COCO detection file."""
+
+
+def _fail(ann_file: str, message: str) -> AnnotationFileError:
+    return AnnotationFileError(f"annotation file {ann_file}: {message}")
+
+
+def validate_coco_dict(data, ann_file: str) -> None:
+    """Raise ``AnnotationFileError`` naming the first problem in a COCO instances dict."""
+    if not isinstance(data, dict):
+        raise _fail(ann_file, f"expected a JSON object at the top level, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise _fail(ann_file, f"missing top-level key {key!r} (a COCO instances file has "
+                                  "'images', 'annotations' and 'categories')")
+        if not isinstance(data[key], list):
+            raise _fail(ann_file, f"{key!r} must be a list, got {type(data[key]).__name__}")
+    category_ids = set()
+    for i, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or "id" not in cat:
+            raise _fail(ann_file, f"categories[{i}] must be an object with an 'id'")
+        category_ids.add(cat["id"])
+    image_ids = set()
+    for i, img in enumerate(data["images"]):
+        if not isinstance(img, dict):
+            raise _fail(ann_file, f"images[{i}] must be an object")
+        missing = [k for k in _IMAGE_KEYS if k not in img]
+        if missing:
+            raise _fail(ann_file, f"images[{i}] is missing key(s) {missing}")
+        image_ids.add(img["id"])
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            raise _fail(ann_file, f"annotations[{i}] must be an object")
+        missing = [k for k in _ANNOTATION_KEYS if k not in ann]
+        if missing:
+            raise _fail(ann_file, f"annotations[{i}] (id {ann.get('id')}) is missing key(s) {missing}")
+        bbox = ann["bbox"]
+        if (not isinstance(bbox, list) or len(bbox) != 4
+                or not all(isinstance(v, Real) and not isinstance(v, bool) for v in bbox)):
+            raise _fail(ann_file, f"annotations[{i}] (id {ann['id']}) has bbox {bbox!r}; "
+                                  "expected [x, y, width, height], four numbers")
+        if ann["category_id"] not in category_ids:
+            raise _fail(ann_file, f"annotations[{i}] (id {ann['id']}) has unknown category_id "
+                                  f"{ann['category_id']!r}; known ids: {sorted(category_ids)}")
+        if ann["image_id"] not in image_ids:
+            raise _fail(ann_file, f"annotations[{i}] (id {ann['id']}) refers to unknown image_id "
+                                  f"{ann['image_id']!r}")
+
+
+def load_coco_api(ann_file: str) -> COCO:
+    """Read, check and index a COCO instances file (pycocotools' own prints are silenced)."""
+    if not os.path.isfile(ann_file):
+        raise FileNotFoundError(f"annotation file not found: {ann_file}")
+    try:
+        with open(ann_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _fail(ann_file, f"not valid JSON ({e})") from e
+    validate_coco_dict(data, ann_file)
+    for ann in data["annotations"]:
+        # COCOeval reads 'area' (area ranges) and 'iscrowd'; fill them the way COCO defines them.
+        ann.setdefault("iscrowd", 0)
+        if "area" not in ann:
+            ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def read_image(path: str, data: bytes | None = None) -> PIL.Image.Image:
+    """Decode an image file (or its cached bytes) to RGB, naming the file if that fails."""
+    try:
+        with PIL.Image.open(io.BytesIO(data) if data is not None else path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"image file not found: {path}") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise OSError(f"cannot read image {path}: {e}") from e
+
+
+class CocoDetection(Dataset):
+    """Images of ``img_folder`` listed in ``ann_file``; item = (RGB image, annotation dicts)."""
+
+    def __init__(self, img_folder: str, ann_file: str, transforms=None, cache_mode: bool = False,
+                 local_rank: int = 0, local_size: int = 1):
+        self.root = img_folder
+        self.coco = load_coco_api(ann_file)
+        self.ids = sorted(self.coco.imgs.keys())
+        self.transforms = transforms
+        self.cache_mode = cache_mode
+        self.local_rank = local_rank
+        self.local_size = local_size
+        self.cache: dict[str, bytes] = {}
+        if cache_mode:
+            self.cache_images()
+
+    def image_path(self, image_id: int) -> str:
+        return os.path.join(self.root, self.coco.imgs[image_id]["file_name"])
+
+    def cache_images(self) -> None:
+        """Read the encoded files of this process' shard (index % local_size == local_rank)."""
+        for index, image_id in enumerate(self.ids):
+            if index % self.local_size != self.local_rank:
+                continue
+            path = self.image_path(image_id)
+            try:
+                with open(path, "rb") as f:
+                    self.cache[path] = f.read()
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"image file not found: {path}") from e
+
+    def get_image(self, image_id: int) -> PIL.Image.Image:
+        path = self.image_path(image_id)
+        return read_image(path, self.cache.get(path))
+
+    def __getitem__(self, index: int):
+        image_id = self.ids[index]
+        image = self.get_image(image_id)
+        target = self.coco.imgToAnns.get(image_id, [])
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def __len__(self) -> int:
+        return len(self.ids)
