@@ -1,0 +1,199 @@
+"""The ResNet backbone and its position encoding (SPEC section 4).
+
+``build_backbone(args)`` returns a ``Joiner``: ``joiner[0]`` is the ResNet (state-dict prefix
+``backbone.0.body.*``), ``joiner[1]`` the position encoding. It maps a padded batch to a list of
+feature maps (strides 8/16/32, or 32 only when single-scale) with their masks and encodings.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from models.position_encoding import build_position_encoding
+from util.misc import NestedTensor
+
+# Output channels of layer2, layer3, layer4.
+_RESNET_CHANNELS = {
+    "resnet18": (128, 256, 512),
+    "resnet34": (128, 256, 512),
+    "resnet50": (512, 1024, 2048),
+    "resnet101": (512, 1024, 2048),
+    "resnet152": (512, 1024, 2048),
+}
+_STEM = ("conv1", "bn1", "relu", "maxpool")
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """Batch norm with fixed statistics and affine parameters, stored as buffers (never trained).
+
+    Batches per GPU are too small for batch statistics, so the ImageNet ones are kept.
+    """
+
+    def __init__(self, n: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(n))
+        self.register_buffer("bias", torch.zeros(n))
+        self.register_buffer("running_mean", torch.zeros(n))
+        self.register_buffer("running_var", torch.ones(n))
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        # torchvision's BatchNorm2d checkpoints carry a counter this module has no use for.
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return torch.addcmul(shift[None, :, None, None], x, scale[None, :, None, None])
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class ResNetBody(nn.ModuleDict):
+    """The ResNet trunk up to its last requested stage; returns the requested stages by name."""
+
+    def __init__(self, resnet: nn.Module, return_layers: dict[str, str]) -> None:
+        last = max(int(name[-1]) for name in return_layers)
+        names = [*_STEM, *(f"layer{i}" for i in range(1, last + 1))]
+        super().__init__({name: getattr(resnet, name) for name in names})
+        self.return_layers = dict(return_layers)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        out = {}
+        for name, module in self.items():
+            x = module(x)
+            if name in self.return_layers:
+                out[self.return_layers[name]] = x
+        return out
+
+
+class Backbone(nn.Module):
+    """A torchvision ResNet with frozen batch norm; the stem and layer1 never train."""
+
+    def __init__(
+        self,
+        name: str,
+        train_backbone: bool,
+        return_interm_layers: bool,
+        dilation: bool,
+        state_dict: dict[str, Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        if name not in _RESNET_CHANNELS:
+            raise ValueError(f"--backbone must be one of {sorted(_RESNET_CHANNELS)}, got {name!r}")
+        if dilation and name in ("resnet18", "resnet34"):
+            raise ValueError(
+                f"--dilation needs a bottleneck ResNet (resnet50 or larger), got --backbone {name}"
+            )
+        resnet = getattr(torchvision.models, name)(
+            weights=None, replace_stride_with_dilation=[False, False, dilation], norm_layer=FrozenBatchNorm2d
+        )
+        if state_dict is not None:
+            _load_resnet_weights(resnet, state_dict, name)
+        for pname, p in resnet.named_parameters():
+            if not train_backbone or not pname.startswith(("layer2", "layer3", "layer4")):
+                p.requires_grad_(False)
+        channels = _RESNET_CHANNELS[name]
+        if return_interm_layers:
+            return_layers = {"layer2": "0", "layer3": "1", "layer4": "2"}
+            self.strides = [8, 16, 32]
+            self.num_channels = list(channels)
+        else:
+            return_layers = {"layer4": "0"}
+            self.strides = [32]
+            self.num_channels = [channels[-1]]
+        if dilation:
+            self.strides[-1] //= 2
+        self.body = ResNetBody(resnet, return_layers)
+
+    def forward(self, tensor_list: NestedTensor) -> dict[str, NestedTensor]:
+        if tensor_list.mask is None:
+            raise ValueError("Backbone: the input NestedTensor has no padding mask")
+        xs = self.body(tensor_list.tensors)
+        mask = tensor_list.mask[None].float()  # (1, B, H, W): interpolate wants a channel dim
+        return {
+            name: NestedTensor(x, F.interpolate(mask, size=x.shape[-2:]).to(torch.bool)[0])
+            for name, x in xs.items()
+        }
+
+
+class Joiner(nn.Sequential):
+    """(backbone, position encoding): features, masks and encodings of every returned level."""
+
+    def __init__(self, backbone: Backbone, position_embedding: nn.Module) -> None:
+        super().__init__(backbone, position_embedding)
+        self.strides = backbone.strides
+        self.num_channels = backbone.num_channels
+
+    def forward(self, tensor_list: NestedTensor) -> tuple[list[NestedTensor], list[Tensor]]:
+        xs = self[0](tensor_list)
+        out = [xs[name] for name in sorted(xs, key=int)]
+        pos = [self[1](x).to(x.tensors.dtype) for x in out]
+        return out, pos
+
+
+def _load_resnet_weights(resnet: nn.Module, state_dict: dict[str, Tensor], name: str) -> None:
+    """Load an ImageNet checkpoint of torchvision's ``name``; its classifier (fc.*) is not needed."""
+    if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
+        state_dict = state_dict["state_dict"]
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    del resnet.fc
+    try:
+        resnet.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"--backbone_weights does not hold a torchvision {name} state dict: {e}") from e
+
+
+def backbone_state_dict(args) -> dict[str, Tensor] | None:
+    """The ImageNet weights the backbone starts from, or None for random weights.
+
+    Nothing is loaded when the detector's weights replace them anyway (``--resume``,
+    ``--frozen_weights``) or with ``--no_pretrained_backbone``.
+    """
+    if getattr(args, "no_pretrained_backbone", False):
+        return None
+    if getattr(args, "resume", "") or getattr(args, "frozen_weights", None):
+        return None
+    path = getattr(args, "backbone_weights", None)
+    if path:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--backbone_weights: no such file {path!r}")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        weights = torchvision.models.get_model_weights(args.backbone).IMAGENET1K_V1
+        return weights.get_state_dict(progress=False)
+    except Exception as e:  # any download failure gets the same advice
+        raise RuntimeError(
+            f"could not download the ImageNet weights of {args.backbone} ({type(e).__name__}: {e}). "
+            "Pass --backbone_weights PATH (a torchvision state-dict file) to load them from disk, "
+            "or --no_pretrained_backbone to start from random weights."
+        ) from e
+
+
+def build_backbone(args) -> Joiner:
+    """The backbone of ``args``: trainable layer2-4 when ``--lr_backbone`` > 0; intermediate
+    levels when multi-scale or with ``--masks``."""
+    if args.backbone not in _RESNET_CHANNELS:
+        raise ValueError(f"--backbone must be one of {sorted(_RESNET_CHANNELS)}, got {args.backbone!r}")
+    position_embedding = build_position_encoding(args)
+    train_backbone = args.lr_backbone > 0
+    return_interm_layers = args.masks or args.num_feature_levels > 1
+    backbone = Backbone(
+        args.backbone,
+        train_backbone,
+        return_interm_layers,
+        args.dilation,
+        state_dict=backbone_state_dict(args),
+    )
+    return Joiner(backbone, position_embedding)

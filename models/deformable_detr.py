@@ -1,0 +1,304 @@
+"""Deformable DETR: backbone, input projections, deformable transformer and prediction heads.
+
+``build(args)`` returns (model, criterion, postprocessors) as the public module does.
+
+For a mask head: ``DeformableDETR.forward_with_state(samples)`` returns the output dict and a
+``DetectorState`` holding the backbone features (list of B-image NestedTensors, strides 8/16/32),
+the projected per-level sources and masks, and the ``TransformerOutput`` (encoder memory (B', S, C),
+spatial shapes, level start index, padding mask (B', S), valid ratios, decoder states hs
+(D, B', Q, C)). B' = 2B in two-stream BatchFormerV2 training: stream 1 is images 0..B-1 again.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.backbone import build_backbone
+from models.batchformer import resolve_insert_indices
+from models.criterion import SetCriterion
+from models.deformable_transformer import TransformerOutput, build_deformable_transformer
+from models.matcher import build_matcher
+from models.postprocess import PostProcess
+from util.misc import NestedTensor, inverse_sigmoid, nested_tensor_from_tensor_list
+
+__all__ = [
+    "DeformableDETR",
+    "DetectorState",
+    "MLP",
+    "PostProcess",
+    "SetCriterion",
+    "build",
+    "num_classes_for",
+]
+
+
+@dataclass
+class DetectorState:
+    """Intermediate results of one forward pass, for heads built on top of the detector."""
+
+    features: list[NestedTensor]  # backbone outputs, B images each
+    srcs: list[Tensor]  # projected levels (B, C, H_l, W_l), extra levels included
+    masks: list[Tensor]  # (B, H_l, W_l), True on padding
+    transformer: TransformerOutput
+
+
+class MLP(nn.Module):
+    """A feed-forward network: ``num_layers`` linear layers with ReLU between them."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        self.num_layers = num_layers
+        dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
+        dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip(dims_in, dims_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = F.relu(layer(x)) if i < self.num_layers - 1 else layer(x)
+        return x
+
+
+class DeformableDETR(nn.Module):
+    """The detector: ``num_queries`` object queries decoded into class logits and boxes."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        transformer: nn.Module,
+        num_classes: int,
+        num_queries: int,
+        num_feature_levels: int,
+        aux_loss: bool = True,
+        with_box_refine: bool = False,
+        two_stage: bool = False,
+    ) -> None:
+        super().__init__()
+        self.num_queries = num_queries
+        self.transformer = transformer
+        hidden_dim = transformer.d_model
+        class_embed = nn.Linear(hidden_dim, num_classes)
+        bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
+        self.class_embed = class_embed
+        self.bbox_embed = bbox_embed
+        self.num_feature_levels = num_feature_levels
+        if not two_stage:
+            self.query_embed = nn.Embedding(num_queries, hidden_dim * 2)
+        num_backbone_outs = len(backbone.strides)
+        if num_feature_levels < num_backbone_outs:
+            raise ValueError(
+                f"--num_feature_levels ({num_feature_levels}) must be at least {num_backbone_outs}, the "
+                "number of backbone levels (layer2-4 when multi-scale or with --masks)"
+            )
+        if num_feature_levels > 1:
+            projs = [
+                nn.Sequential(nn.Conv2d(c, hidden_dim, kernel_size=1), nn.GroupNorm(32, hidden_dim))
+                for c in backbone.num_channels
+            ]
+            in_channels = backbone.num_channels[-1]
+            for _ in range(num_feature_levels - num_backbone_outs):
+                projs.append(
+                    nn.Sequential(
+                        nn.Conv2d(in_channels, hidden_dim, kernel_size=3, stride=2, padding=1),
+                        nn.GroupNorm(32, hidden_dim),
+                    )
+                )
+                in_channels = hidden_dim
+            self.input_proj = nn.ModuleList(projs)
+        else:
+            self.input_proj = nn.ModuleList(
+                [
+                    nn.Sequential(
+                        nn.Conv2d(backbone.num_channels[0], hidden_dim, kernel_size=1),
+                        nn.GroupNorm(32, hidden_dim),
+                    )
+                ]
+            )
+        self.backbone = backbone
+        self.aux_loss = aux_loss
+        self.with_box_refine = with_box_refine
+        self.two_stage = two_stage
+
+        prior_prob = 0.01
+        nn.init.constant_(class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
+        nn.init.constant_(bbox_embed.layers[-1].weight, 0.0)
+        nn.init.constant_(bbox_embed.layers[-1].bias, 0.0)
+        for proj in self.input_proj:
+            nn.init.xavier_uniform_(proj[0].weight, gain=1)
+            nn.init.constant_(proj[0].bias, 0)
+
+        # Two-stage adds a head for the encoder proposals after the decoder's.
+        num_pred = transformer.decoder.num_layers + (1 if two_stage else 0)
+        if with_box_refine:
+            self.class_embed = nn.ModuleList(copy.deepcopy(class_embed) for _ in range(num_pred))
+            self.bbox_embed = nn.ModuleList(copy.deepcopy(bbox_embed) for _ in range(num_pred))
+            nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], -2.0)
+        else:
+            nn.init.constant_(bbox_embed.layers[-1].bias[2:], -2.0)
+            self.class_embed = nn.ModuleList([class_embed] * num_pred)
+            self.bbox_embed = nn.ModuleList([bbox_embed] * num_pred)
+        transformer.decoder.refine = with_box_refine
+        if with_box_refine or two_stage:
+            transformer.decoder.bbox_embed = self.bbox_embed
+        if two_stage:
+            transformer.decoder.class_embed = self.class_embed
+            for box_embed in self.bbox_embed:
+                nn.init.constant_(box_embed.layers[-1].bias[2:], 0.0)
+
+    def forward(self, samples: NestedTensor | list[Tensor]) -> dict:
+        """samples: a NestedTensor (B, 3, H, W) with its mask, or a list of (3, H, W) images.
+
+        Returns ``pred_logits`` (B', Q, num_classes), ``pred_boxes`` (B', Q, 4) normalised cxcywh,
+        ``aux_outputs`` (decoder layers 0..D-2) with aux_loss, ``enc_outputs`` with two-stage.
+        """
+        return self.forward_with_state(samples)[0]
+
+    def forward_with_state(self, samples: NestedTensor | list[Tensor]) -> tuple[dict, DetectorState]:
+        if not isinstance(samples, NestedTensor):
+            samples = nested_tensor_from_tensor_list(list(samples))
+        features, pos = self.backbone(samples)
+        pos = list(pos)
+        srcs, masks = [], []
+        for lvl, feat in enumerate(features):
+            src, mask = feat.decompose()
+            srcs.append(self.input_proj[lvl](src))
+            masks.append(mask)
+        for lvl in range(len(features), self.num_feature_levels):
+            # Extra levels: stride-2 convs on the last backbone map, then on the previous extra level.
+            src = self.input_proj[lvl](features[-1].tensors if lvl == len(features) else srcs[-1])
+            mask = F.interpolate(samples.mask[None].float(), size=src.shape[-2:]).to(torch.bool)[0]
+            srcs.append(src)
+            masks.append(mask)
+            pos.append(self.backbone[1](NestedTensor(src, mask)).to(src.dtype))
+
+        query_embeds = None if self.two_stage else self.query_embed.weight
+        t_out = self.transformer.forward_features(srcs, masks, pos, query_embeds)
+        out = self._predict(t_out)
+        return out, DetectorState(features, srcs, masks, t_out)
+
+    def _predict(self, t: TransformerOutput) -> dict:
+        hs = t.hs  # (D, B', Q, C)
+        if self.with_box_refine:
+            logits = torch.stack([self.class_embed[lvl](hs[lvl]) for lvl in range(hs.shape[0])])
+            deltas = torch.stack([self.bbox_embed[lvl](hs[lvl]) for lvl in range(hs.shape[0])])
+        else:  # one shared head: a single call over every layer
+            logits = self.class_embed[0](hs)
+            deltas = self.bbox_embed[0](hs)
+        # Layer l predicts a correction to the reference it started from (the initial one for l = 0).
+        # One-stage refinement turns the 2-d initial points into boxes after layer 0.
+        if t.init_reference.shape[-1] == t.inter_references.shape[-1]:
+            coords = _apply_reference(deltas, torch.cat([t.init_reference[None], t.inter_references[:-1]]))
+        else:
+            coords = torch.cat(
+                [
+                    _apply_reference(deltas[:1], t.init_reference[None]),
+                    _apply_reference(deltas[1:], t.inter_references[:-1]),
+                ]
+            )
+        out = {"pred_logits": logits[-1], "pred_boxes": coords[-1]}
+        if self.aux_loss:
+            out["aux_outputs"] = self._set_aux_loss(logits, coords)
+        if self.two_stage:
+            out["enc_outputs"] = {
+                "pred_logits": t.enc_outputs_class,
+                "pred_boxes": t.enc_outputs_coord_unact.sigmoid(),
+            }
+        return out
+
+    @torch.jit.unused
+    def _set_aux_loss(self, outputs_class: Tensor, outputs_coord: Tensor) -> list[dict]:
+        return [{"pred_logits": a, "pred_boxes": b} for a, b in zip(outputs_class[:-1], outputs_coord[:-1])]
+
+
+def _apply_reference(deltas: Tensor, reference: Tensor) -> Tensor:
+    """Boxes (..., 4) in [0, 1] from head outputs and references: sigmoid(delta + logit(reference)),
+    the reference covering the centre only when it is a point (..., 2)."""
+    reference = inverse_sigmoid(reference)
+    if reference.shape[-1] == 4:
+        return (deltas + reference).sigmoid()
+    return torch.cat([deltas[..., :2] + reference, deltas[..., 2:]], -1).sigmoid()
+
+
+def num_classes_for(args) -> int:
+    """Classifier width: labels are raw category ids (max id + 1 for COCO's 91 / panoptic's 250)."""
+    if args.dataset_file == "coco":
+        return 91
+    if args.dataset_file == "coco_panoptic":
+        return 250
+    return 20
+
+
+def build(args) -> tuple[nn.Module, nn.Module, dict[str, nn.Module]]:
+    """(model, criterion, postprocessors) for ``args`` (``util.args.get_args_parser``).
+
+    Normalises ``args.insert_idx`` to the sorted BatchFormerV2 indices in use.
+    """
+    bf_indices = resolve_insert_indices(
+        args.bf,
+        args.insert_idx,
+        args.enc_layers,
+        getattr(args, "share_bf", 1),
+        getattr(args, "bt_num_layers", 1),
+    )
+    if bf_indices:
+        args.insert_idx = bf_indices
+    if args.hidden_dim % 32 != 0:
+        raise ValueError(
+            f"--hidden_dim must be a multiple of 32 (the projections use GroupNorm(32)), "
+            f"got {args.hidden_dim}"
+        )
+    if args.frozen_weights is not None and not args.masks:
+        raise ValueError("--frozen_weights trains only the mask head: it needs --masks")
+    num_classes = num_classes_for(args)
+    backbone = build_backbone(args)
+    transformer = build_deformable_transformer(args, bf_indices)
+    model = DeformableDETR(
+        backbone,
+        transformer,
+        num_classes=num_classes,
+        num_queries=args.num_queries,
+        num_feature_levels=args.num_feature_levels,
+        aux_loss=args.aux_loss,
+        with_box_refine=args.with_box_refine,
+        two_stage=args.two_stage,
+    )
+    postprocessors: dict[str, nn.Module] = {"bbox": PostProcess()}
+    if args.masks:
+        model, seg_postprocessors = _build_segmentation(args, model)
+        postprocessors.update(seg_postprocessors)
+
+    weight_dict = {
+        "loss_ce": args.cls_loss_coef,
+        "loss_bbox": args.bbox_loss_coef,
+        "loss_giou": args.giou_loss_coef,
+    }
+    if args.masks:
+        weight_dict["loss_mask"] = args.mask_loss_coef
+        weight_dict["loss_dice"] = args.dice_loss_coef
+    if args.aux_loss:
+        aux_weight_dict = {}
+        for i in range(args.dec_layers - 1):
+            aux_weight_dict.update({f"{k}_{i}": v for k, v in weight_dict.items()})
+        aux_weight_dict.update({f"{k}_enc": v for k, v in weight_dict.items()})
+        weight_dict.update(aux_weight_dict)
+    losses = ["labels", "boxes", "cardinality"] + (["masks"] if args.masks else [])
+    criterion = SetCriterion(
+        num_classes, build_matcher(args), weight_dict, losses, focal_alpha=args.focal_alpha
+    )
+    return model, criterion, postprocessors
+
+
+def _build_segmentation(args, model: DeformableDETR) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """``models.segmentation.build_segmentation(args, model) -> (model with mask head, postprocessors)``."""
+    try:
+        from models.segmentation import build_segmentation
+    except ImportError as e:
+        raise NotImplementedError(
+            f"--masks needs the mask head of models/segmentation.py, which is not available ({e})"
+        ) from e
+    return build_segmentation(args, model)

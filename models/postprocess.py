@@ -1,0 +1,49 @@
+"""From the model's outputs to COCO-style detections in the pixel space of the original images."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from util.box_ops import box_cxcywh_to_xyxy
+
+
+class PostProcess(nn.Module):
+    """Keep the `num_select` best (query, class) pairs of each image.
+
+    With sigmoid scores every class of every query is a candidate detection, so the top-k runs
+    over Q * C scores; a query may appear several times with different labels.
+    """
+
+    def __init__(self, num_select: int = 100):
+        super().__init__()
+        self.num_select = num_select
+
+    @torch.no_grad()
+    def forward(self, outputs: dict, target_sizes: Tensor) -> list[dict[str, Tensor]]:
+        """outputs: `pred_logits` (B, Q, C), `pred_boxes` (B, Q, 4) normalised cxcywh;
+        target_sizes: (B, 2) as (h, w) of each original image.
+
+        Returns B dicts of `scores` (k,), `labels` (k,) int64, `boxes` (k, 4) xyxy in pixels.
+        """
+        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        if target_sizes.dim() != 2 or target_sizes.shape[1] != 2:
+            raise ValueError(
+                f"PostProcess: target_sizes must be (B, 2) as (h, w), got {tuple(target_sizes.shape)}"
+            )
+        if len(logits) != len(target_sizes):
+            raise ValueError(
+                f"PostProcess: {len(logits)} images of predictions but {len(target_sizes)} target sizes"
+            )
+        bs, num_queries, num_classes = logits.shape
+        prob = logits.float().sigmoid().view(bs, -1)  # (B, Q*C), index = query * C + class
+        k = min(self.num_select, prob.shape[1])
+        scores, flat_idx = prob.topk(k, dim=1)
+        query_idx = torch.div(flat_idx, num_classes, rounding_mode="floor")
+        labels = flat_idx % num_classes
+
+        xyxy = box_cxcywh_to_xyxy(boxes.float())
+        xyxy = torch.gather(xyxy, 1, query_idx.unsqueeze(-1).expand(-1, -1, 4))  # (B, k, 4)
+        img_h, img_w = target_sizes.float().unbind(1)
+        scale = torch.stack([img_w, img_h, img_w, img_h], dim=1).to(xyxy.device)  # (B, 4)
+        xyxy = xyxy * scale[:, None, :]
+        return [{"scores": s, "labels": lab, "boxes": b} for s, lab, b in zip(scores, labels, xyxy)]

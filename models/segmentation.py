@@ -1,0 +1,335 @@
+"""Mask head for the multi-scale Deformable DETR, and the segmentation / panoptic post-processors.
+
+Design (docs/segmentation.md): the final decoder embeddings hs (B', Q, C) attend, head by head,
+over the stride-8 level of the encoder memory (``MHAttentionMap``); an FPN-style conv head turns
+each query's M attention maps, together with that memory level and the backbone's stride-8
+(layer2) and stride-4 (layer1) features, into mask logits ``pred_masks`` (B', Q, H/4, W/4).
+B' = 2B in two-stream BatchFormerV2 training: both streams share the head, and the backbone
+features (computed once, for the B images) are repeated for the second stream.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from datasets.panoptic_eval import png_bytes
+from models.deformable_detr import DeformableDETR, DetectorState
+from util.misc import NestedTensor, nested_tensor_from_tensor_list
+
+__all__ = ["DeformableDETRsegm", "MHAttentionMap", "MaskHeadFPN", "PostProcessPanoptic", "PostProcessSegm",
+           "build_segmentation"]
+
+
+class MHAttentionMap(nn.Module):
+    """Multi-head attention weights (no values) of queries over a feature map.
+
+    q (B, Q, C) and k (B, C, H, W) -> (B, Q, M, H, W); each head's weights are a softmax over the
+    H * W positions (padding excluded), so each head says where in the image its query looks.
+    """
+
+    def __init__(self, query_dim: int, hidden_dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        if hidden_dim % num_heads != 0:
+            raise ValueError(f"MHAttentionMap: hidden_dim {hidden_dim} is not divisible by "
+                             f"num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.dropout = nn.Dropout(dropout)
+        self.q_linear = nn.Linear(query_dim, hidden_dim)
+        self.k_linear = nn.Linear(query_dim, hidden_dim)
+        self.scale = (hidden_dim / num_heads) ** -0.5
+        for lin in (self.q_linear, self.k_linear):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
+        b, c, h, w = k.shape
+        m = self.num_heads
+        q = self.q_linear(q) * self.scale  # (B, Q, D)
+        # the key projection is a 1x1 conv: (B, D, H, W)
+        k = F.conv2d(k, self.k_linear.weight[:, :, None, None], self.k_linear.bias)
+        qh = q.view(b, q.shape[1], m, -1)  # (B, Q, M, D/M)
+        kh = k.view(b, m, -1, h, w)  # (B, M, D/M, H, W)
+        weights = torch.einsum("bqmd,bmdhw->bqmhw", qh, kh)
+        if mask is not None:
+            weights = weights.masked_fill(mask[:, None, None], float("-inf"))
+        weights = weights.flatten(3).softmax(-1).view(weights.shape)
+        return self.dropout(weights)
+
+
+def _conv_gn(c_in: int, c_out: int, kernel: int = 3, bias: bool = True) -> tuple[nn.Conv2d, nn.GroupNorm]:
+    conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=bias)
+    return conv, nn.GroupNorm(min(8, c_out), c_out)
+
+
+class MaskHeadFPN(nn.Module):
+    """Per-query mask logits at stride 4 from attention maps, memory and backbone features.
+
+    Stride 8: conv3x3 over [memory (C) ; the query's M attention maps]. That conv is linear in its
+    input, so it is computed as conv(memory), once per image, plus conv(attention maps), per query:
+    the same result without a (B*Q, C, H/8, W/8) copy of the memory. Then GroupNorm + ReLU, the
+    layer2 features added through a 1x1 adapter, conv3x3, and a conv3x3 narrowing to ``dim4``.
+    Stride 4: nearest upsampling, the layer1 features added through a 1x1 adapter, conv3x3, and a
+    conv3x3 to one channel. Every per-query map has few channels (C/4 at stride 8, C/16 at stride 4).
+    """
+
+    def __init__(self, hidden_dim: int, num_heads: int, c8: int, c4: int):
+        super().__init__()
+        dim8, dim4 = max(hidden_dim // 4, 8), max(hidden_dim // 16, 8)
+        self.memory_conv = nn.Conv2d(hidden_dim, dim8, 3, padding=1)
+        self.attn_conv = nn.Conv2d(num_heads, dim8, 3, padding=1, bias=False)
+        self.gn1 = nn.GroupNorm(min(8, dim8), dim8)
+        self.adapter8 = nn.Conv2d(c8, dim8, 1)
+        self.conv8, self.gn8 = _conv_gn(dim8, dim8)
+        self.narrow, self.gn_narrow = _conv_gn(dim8, dim4)
+        self.adapter4 = nn.Conv2d(c4, dim4, 1)
+        self.conv4, self.gn4 = _conv_gn(dim4, dim4)
+        self.out = nn.Conv2d(dim4, 1, 3, padding=1)
+        for mod in self.modules():
+            if isinstance(mod, nn.Conv2d):
+                nn.init.kaiming_uniform_(mod.weight, a=1)
+                if mod.bias is not None:
+                    nn.init.zeros_(mod.bias)
+
+    def forward(self, memory8: Tensor, attn: Tensor, feat8: Tensor, feat4: Tensor) -> Tensor:
+        """memory8 (B, C, H8, W8); attn (B, Q, M, H8, W8); feat8 (B, c8, H8, W8); feat4 (B, c4, H4, W4).
+
+        Returns mask logits (B, Q, H4, W4)."""
+        b, q, m, h8, w8 = attn.shape
+        per_image = self.memory_conv(memory8)  # (B, dim8, H8, W8)
+        x = self.attn_conv(attn.reshape(b * q, m, h8, w8)).view(b, q, -1, h8, w8) + per_image[:, None]
+        x = F.relu(self.gn1(x.flatten(0, 1)))  # (B*Q, dim8, H8, W8)
+        x = (x.view(b, q, -1, h8, w8) + self.adapter8(feat8)[:, None]).flatten(0, 1)
+        x = F.relu(self.gn8(self.conv8(x)))
+        x = F.relu(self.gn_narrow(self.narrow(x)))  # (B*Q, dim4, H8, W8)
+        h4, w4 = feat4.shape[-2:]
+        x = F.interpolate(x, size=(h4, w4), mode="nearest")
+        x = (x.view(b, q, -1, h4, w4) + self.adapter4(feat4)[:, None]).flatten(0, 1)
+        x = F.relu(self.gn4(self.conv4(x)))
+        return self.out(x).view(b, q, h4, w4)
+
+
+def _keep_stride4_output(module: nn.Module, inputs, output: Tensor) -> None:
+    """Forward hook on the backbone's layer1: the one stride-4 map the mask head needs, which the
+    detector itself does not return. A plain function (not a bound method), so copies of the model
+    store into their own layer1."""
+    module.stride4_output = output
+
+
+class DeformableDETRsegm(nn.Module):
+    """Deformable DETR plus the mask head; ``model.detr`` is the detector (checkpoint keys ``detr.*``).
+
+    ``freeze_detr`` (the ``--frozen_weights`` recipe): the detector's parameters get no gradient and
+    only ``bbox_attention`` and ``mask_head`` train; otherwise everything trains jointly.
+    """
+
+    def __init__(self, detr: DeformableDETR, freeze_detr: bool = False):
+        super().__init__()
+        self.detr = detr
+        if freeze_detr:
+            for p in self.detr.parameters():
+                p.requires_grad_(False)
+        backbone = detr.backbone[0]
+        if backbone.strides[0] != 8:
+            raise ValueError("the mask head needs the multi-scale backbone (strides 8/16/32): "
+                             "--masks requires --num_feature_levels >= 3")
+        layer1 = backbone.body["layer1"]
+        c4 = [mod for mod in layer1.modules() if isinstance(mod, nn.Conv2d)][-1].out_channels
+        hidden_dim, nheads = detr.transformer.d_model, detr.transformer.nhead
+        self.bbox_attention = MHAttentionMap(hidden_dim, hidden_dim, nheads, dropout=0.0)
+        self.mask_head = MaskHeadFPN(hidden_dim, nheads, backbone.num_channels[0], c4)
+        layer1.register_forward_hook(_keep_stride4_output)
+
+    def forward(self, samples: NestedTensor | list[Tensor]) -> dict:
+        """The detector's outputs plus ``pred_masks`` (B', Q, H/4, W/4) mask logits."""
+        if not isinstance(samples, NestedTensor):
+            samples = nested_tensor_from_tensor_list(list(samples))
+        out, state = self.detr.forward_with_state(samples)
+        layer1 = self.detr.backbone[0].body["layer1"]
+        feat4 = layer1.stride4_output
+        del layer1.stride4_output  # do not keep the activation alive between calls
+        out["pred_masks"] = self.predict_masks(state, feat4)
+        return out
+
+    def predict_masks(self, state: DetectorState, feat4: Tensor) -> Tensor:
+        t = state.transformer
+        hs = t.hs[-1]  # (B', Q, C)
+        b2 = hs.shape[0]
+        h8, w8 = (int(v) for v in t.spatial_shapes[0])
+        memory8 = t.memory[:, : h8 * w8].transpose(1, 2).reshape(b2, -1, h8, w8)  # level 0 = stride 8
+        mask8 = t.mask_flatten[:, : h8 * w8].view(b2, h8, w8)
+        feat8 = state.features[0].tensors
+        b = feat8.shape[0]
+        if b2 != b:  # two streams: stream 1 holds the same B images
+            if b2 % b:
+                raise ValueError(f"mask head: {b2} decoder outputs for a batch of {b} images")
+            feat8 = feat8.repeat(b2 // b, 1, 1, 1)
+            feat4 = feat4.repeat(b2 // b, 1, 1, 1)
+        attn = self.bbox_attention(hs, memory8, mask=mask8)  # (B', Q, M, H8, W8)
+        return self.mask_head(memory8, attn, feat8, feat4)
+
+
+def _query_selection(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Scores and query indices of the top-k (query, class) pairs, as ``PostProcess`` selects them."""
+    num_classes = logits.shape[-1]
+    scores, flat_idx = logits.float().sigmoid().flatten(1).topk(k, dim=1)
+    return scores, torch.div(flat_idx, num_classes, rounding_mode="floor")
+
+
+def _masks_at_size(mask_logits: Tensor, processed_size: tuple[int, int], size: tuple[int, int]) -> Tensor:
+    """Stride-4 logits (n, h4, w4) of a padded batch -> logits (n, H, W) of one image at ``size``.
+
+    Stride-4 cell j covers input pixels [4j, 4j + 4): upsample 4x, crop the image's processed
+    (unpadded) area, then resize to the requested size."""
+    h4, w4 = mask_logits.shape[-2:]
+    x = F.interpolate(mask_logits[:, None].float(), size=(4 * h4, 4 * w4), mode="bilinear",
+                      align_corners=False)
+    x = x[:, :, : processed_size[0], : processed_size[1]]
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return x[:, 0]
+
+
+class PostProcessSegm(nn.Module):
+    """Adds ``masks`` (k, 1, H, W) bool at the original size to the ``PostProcess`` detections."""
+
+    def __init__(self, threshold: float = 0.5):
+        super().__init__()
+        self.threshold = threshold
+
+    @torch.no_grad()
+    def forward(self, results: list[dict], outputs: dict, orig_target_sizes: Tensor,
+                max_target_sizes: Tensor) -> list[dict]:
+        """results: ``PostProcess`` outputs; orig_target_sizes / max_target_sizes: (B, 2) as (h, w),
+        the original image sizes and the sizes the images had in the model's (padded) input."""
+        pred_masks = outputs["pred_masks"]
+        if len(results) != pred_masks.shape[0]:
+            raise ValueError(f"PostProcessSegm: {len(results)} results for {pred_masks.shape[0]} "
+                             "images of masks")
+        logit_threshold = math.log(self.threshold / (1 - self.threshold))
+        for i, res in enumerate(results):
+            scores, query_idx = _query_selection(outputs["pred_logits"][i : i + 1], len(res["scores"]))
+            if not torch.allclose(scores[0], res["scores"].to(scores.device)):
+                raise ValueError("PostProcessSegm: the detections do not come from PostProcess on "
+                                 "these outputs")
+            processed = tuple(int(v) for v in max_target_sizes[i])
+            orig = tuple(int(v) for v in orig_target_sizes[i])
+            logits = _masks_at_size(pred_masks[i, query_idx[0]], processed, orig)
+            res["masks"] = (logits > logit_threshold)[:, None].cpu()
+        return results
+
+
+class PostProcessPanoptic(nn.Module):
+    """Non-overlapping things and stuff from the confident queries, as a COCO panoptic PNG.
+
+    Queries whose best class score (sigmoid) exceeds ``threshold`` are kept; each pixel goes to
+    the kept query with the highest mask logit; queries of the same stuff class form one segment;
+    segments smaller than ``min_area`` pixels are dropped and their pixels handed to the others
+    (repeated until every segment is large enough). Pixels left to nobody are VOID (id 0).
+    """
+
+    def __init__(self, is_thing_map: dict[int, bool], threshold: float = 0.5, min_area: int = 16):
+        """is_thing_map: every category id of the data set -> isthing; other classes are never output."""
+        super().__init__()
+        self.is_thing_map = is_thing_map
+        self.threshold = threshold
+        self.min_area = min_area
+
+    @torch.no_grad()
+    def forward(self, outputs: dict, processed_sizes: Tensor,
+                target_sizes: Tensor | None = None) -> list[dict]:
+        """processed_sizes: (B, 2) (h, w) of the images in the model's input; target_sizes: (B, 2)
+        original sizes (default: the processed ones). Returns per image {png_string, segments_info}
+        with segments_info entries {id, category_id, isthing, area}."""
+        if target_sizes is None:
+            target_sizes = processed_sizes
+        logits, pred_masks = outputs["pred_logits"], outputs["pred_masks"]
+        if not (len(logits) == len(processed_sizes) == len(target_sizes)):
+            raise ValueError("PostProcessPanoptic: outputs, processed_sizes and target_sizes differ in "
+                             "batch size")
+        class_ids = torch.as_tensor(sorted(c for c in self.is_thing_map if 0 <= c < logits.shape[-1]),
+                                    dtype=torch.long, device=logits.device)
+        results = []
+        for i in range(len(logits)):
+            scores, best = logits[i][:, class_ids].float().sigmoid().max(-1)  # (Q,) over the known classes
+            labels = class_ids[best]
+            keep = (scores > self.threshold).nonzero()[:, 0]
+            size = tuple(int(v) for v in target_sizes[i])
+            mask_logits = _masks_at_size(pred_masks[i, keep], tuple(int(v) for v in processed_sizes[i]), size)
+            ids, segments = self.segments(mask_logits, labels[keep].tolist())
+            results.append({"png_string": png_bytes(ids), "segments_info": segments})
+        return results
+
+    def segments(self, mask_logits: Tensor, labels: list[int]) -> tuple[np.ndarray, list[dict]]:
+        """(n, H, W) mask logits of the kept queries and their labels -> (H, W) ids, segments_info."""
+        h, w = mask_logits.shape[-2:]
+        # one segment per thing query, one per stuff class
+        segment_of, seg_label = [], []
+        stuff_segment: dict[int, int] = {}
+        for label in labels:
+            if not self.is_thing_map.get(label, True) and label in stuff_segment:
+                segment_of.append(stuff_segment[label])
+                continue
+            segment_of.append(len(seg_label))
+            if not self.is_thing_map.get(label, True):
+                stuff_segment[label] = len(seg_label)
+            seg_label.append(label)
+        segment_of_t = torch.as_tensor(segment_of, dtype=torch.long, device=mask_logits.device)
+        alive = torch.ones(len(seg_label), dtype=torch.bool, device=mask_logits.device)
+        assignment = torch.full((h, w), -1, dtype=torch.long, device=mask_logits.device)
+        while alive.any():
+            live_queries = alive[segment_of_t].nonzero()[:, 0]
+            assignment = segment_of_t[live_queries][mask_logits[live_queries].argmax(0)]  # (H, W)
+            areas = torch.bincount(assignment.flatten(), minlength=len(seg_label))
+            small = alive & (areas < self.min_area)
+            if not small.any():
+                break
+            alive &= ~small
+        else:
+            assignment.fill_(-1)
+        ids = np.zeros((h, w), np.int64)
+        segments = []
+        assignment = assignment.cpu()
+        for s in assignment.unique().tolist():
+            if s < 0:
+                continue
+            where = (assignment == s).numpy()
+            seg_id = len(segments) + 1
+            ids[where] = seg_id
+            label = seg_label[s]
+            segments.append({"id": seg_id, "category_id": label,
+                             "isthing": bool(self.is_thing_map.get(label, True)), "area": int(where.sum())})
+        return ids, segments
+
+
+def is_thing_map_for(args) -> dict[int, bool] | None:
+    """Category id -> isthing of the panoptic data sets (from their annotation file where it is
+    present), None for the others."""
+    if args.dataset_file == "coco_panoptic":
+        ann_file = os.path.join(args.coco_panoptic_path or "", "annotations", "panoptic_val2017.json")
+        if os.path.isfile(ann_file):
+            with open(ann_file, encoding="utf-8") as f:
+                return {c["id"]: bool(c["isthing"]) for c in json.load(f)["categories"]}
+        return {i: i <= 90 for i in range(1, 201)}  # COCO panoptic: things 1..90, stuff 92..200
+    if args.dataset_file == "toy_panoptic":
+        from datasets.toy_panoptic import categories
+
+        return {c["id"]: bool(c["isthing"]) for c in categories()}
+    return None
+
+
+def build_segmentation(args, detr: DeformableDETR) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """The model with its mask head and the 'segm' (and, on panoptic data, 'panoptic') postprocessors.
+
+    Called by ``models.deformable_detr.build`` with --masks; the criterion's 'masks' loss lives there."""
+    model = DeformableDETRsegm(detr, freeze_detr=args.frozen_weights is not None)
+    postprocessors: dict[str, nn.Module] = {"segm": PostProcessSegm()}
+    is_thing_map = is_thing_map_for(args)
+    if is_thing_map is not None:
+        postprocessors["panoptic"] = PostProcessPanoptic(is_thing_map)
+    return model, postprocessors

@@ -1,0 +1,134 @@
+"""ResNet backbone: frozen batch norm, levels, masks, trainable stages and where weights come from."""
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import models.backbone as backbone_module
+from models.backbone import Backbone, FrozenBatchNorm2d, backbone_state_dict, build_backbone
+from util.args import get_args_parser
+from util.misc import nested_tensor_from_tensor_list
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Two threads on a shared 2-core machine spin against each other: one is much faster here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _args(*flags):
+    return get_args_parser().parse_args(["--backbone", "resnet18", "--hidden_dim", "32", *flags])
+
+
+def test_frozen_batch_norm_equals_batch_norm_in_eval():
+    bn = nn.BatchNorm2d(6).eval()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    frozen = FrozenBatchNorm2d(6)
+    frozen.load_state_dict(bn.state_dict())  # carries num_batches_tracked, which is dropped
+    assert sorted(frozen.state_dict()) == ["bias", "running_mean", "running_var", "weight"]
+    assert list(frozen.parameters()) == []
+    x = torch.randn(2, 6, 5, 4)
+    torch.testing.assert_close(frozen(x), bn(x))
+
+
+def test_levels_strides_channels_and_masks():
+    images = [torch.randn(3, 64, 80), torch.randn(3, 40, 48)]
+    samples = nested_tensor_from_tensor_list(images)
+    multi = Backbone("resnet18", True, True, False)
+    assert multi.strides == [8, 16, 32] and multi.num_channels == [128, 256, 512]
+    out = multi(samples)
+    assert list(out) == ["0", "1", "2"]
+    for (name, feat), stride, c in zip(out.items(), multi.strides, multi.num_channels):
+        h, w = -(-64 // stride), -(-80 // stride)
+        assert feat.tensors.shape == (2, c, h, w), name
+        # nearest resize: feature pixel (i, j) takes the image mask at (floor(i * 64 / h), floor(j * 80 / w))
+        rows = torch.tensor([int(i * 64 / h) >= 40 for i in range(h)])
+        cols = torch.tensor([int(j * 80 / w) >= 48 for j in range(w)])
+        assert torch.equal(feat.mask[1], rows[:, None] | cols[None, :]), name
+        assert not feat.mask[0].any()
+    single = Backbone("resnet18", True, False, False)
+    assert single.strides == [32] and single.num_channels == [512]
+    assert list(single(samples)) == ["0"]
+
+
+def test_dilation_halves_the_last_stride():
+    dc5 = Backbone("resnet50", True, False, True)
+    assert dc5.strides == [16] and dc5.num_channels == [2048]
+    out = dc5(nested_tensor_from_tensor_list([torch.randn(3, 64, 64)]))
+    assert out["0"].tensors.shape == (1, 2048, 4, 4)
+    with pytest.raises(ValueError, match="--dilation"):
+        Backbone("resnet18", True, False, True)
+
+
+def test_stem_and_layer1_never_train():
+    trained = {n for n, p in Backbone("resnet18", True, True, False).named_parameters() if p.requires_grad}
+    assert trained and all(n.startswith(("body.layer2", "body.layer3", "body.layer4")) for n in trained)
+    assert any(n.startswith("body.layer2") for n in trained) and any(
+        n.startswith("body.layer4") for n in trained
+    )
+    frozen = Backbone("resnet18", False, True, False)
+    assert not any(p.requires_grad for p in frozen.parameters())
+    joiner = build_backbone(_args("--no_pretrained_backbone", "--lr_backbone", "0"))
+    assert not any(p.requires_grad for p in joiner.parameters())
+
+
+def test_joiner_returns_features_and_encodings_and_keys():
+    joiner = build_backbone(_args("--no_pretrained_backbone"))
+    assert joiner.strides == [8, 16, 32] and joiner.num_channels == [128, 256, 512]
+    features, pos = joiner(nested_tensor_from_tensor_list([torch.randn(3, 64, 80)]))
+    assert [p.shape for p in pos] == [(1, 32, 8, 10), (1, 32, 4, 5), (1, 32, 2, 3)]
+    assert [f.tensors.shape[1] for f in features] == [128, 256, 512]
+    keys = list(joiner.state_dict())
+    assert keys[0] == "0.body.conv1.weight" and all(k.startswith("0.body.") for k in keys)
+    assert not any("fc." in k or "num_batches_tracked" in k for k in keys)
+    single = build_backbone(_args("--no_pretrained_backbone", "--num_feature_levels", "1"))
+    assert single.strides == [32]
+    masks = build_backbone(_args("--no_pretrained_backbone", "--num_feature_levels", "1", "--masks"))
+    assert masks.strides == [8, 16, 32]
+
+
+def test_backbone_weights_file_is_loaded(tmp_path):
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "r18.pth"
+    torch.save(reference.state_dict(), path)  # with fc.* and num_batches_tracked, as torchvision's
+    joiner = build_backbone(_args("--backbone_weights", str(path)))
+    body = joiner[0].body
+    torch.testing.assert_close(body.conv1.weight, reference.conv1.weight)
+    torch.testing.assert_close(body.layer3[1].bn2.running_var, reference.layer3[1].bn2.running_var)
+    torch.testing.assert_close(body.layer4[0].downsample[0].weight, reference.layer4[0].downsample[0].weight)
+
+
+def test_backbone_weights_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--backbone_weights"):
+        build_backbone(_args("--backbone_weights", str(tmp_path / "missing.pth")))
+    path = tmp_path / "r50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    with pytest.raises(ValueError, match="--backbone_weights does not hold a torchvision resnet18"):
+        build_backbone(_args("--backbone_weights", str(path)))
+
+
+def test_failed_download_names_both_flags(monkeypatch):
+    def offline(name):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(backbone_module.torchvision.models, "get_model_weights", offline)
+    with pytest.raises(RuntimeError) as info:
+        backbone_state_dict(_args())
+    assert "--backbone_weights" in str(info.value) and "--no_pretrained_backbone" in str(info.value)
+    # Nothing is fetched when the detector's weights replace the backbone's anyway.
+    assert backbone_state_dict(_args("--resume", "ckpt.pth")) is None
+    assert backbone_state_dict(_args("--frozen_weights", "detr.pth")) is None
+    assert backbone_state_dict(_args("--no_pretrained_backbone")) is None
+
+
+def test_unknown_backbone():
+    with pytest.raises(ValueError, match="--backbone"):
+        build_backbone(get_args_parser().parse_args(["--backbone", "vgg16", "--no_pretrained_backbone"]))

@@ -1,0 +1,188 @@
+"""BatchFormerV2: attention across the batch, the two streams, and the flags' fixes (SPEC section 5)."""
+
+import pytest
+import torch
+from torch import nn
+
+from models import build_model
+from models.batchformer import (
+    attend_across_batch,
+    batchformer_step,
+    build_batchformer,
+    resolve_insert_indices,
+)
+from util.args import get_args_parser
+from util.misc import nested_tensor_from_tensor_list
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Two threads on a shared 2-core machine spin against each other: one is much faster here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+SMALL = (
+    "--no_pretrained_backbone --backbone resnet18 --hidden_dim 32 --dim_feedforward 64 "
+    "--enc_layers 2 --dec_layers 2 --num_queries 6 --nheads 4"
+    " --enc_n_points 2 --dec_n_points 2 --dataset_file toy --dropout 0"
+).split()
+
+
+def _model(*flags):
+    torch.manual_seed(0)
+    model = build_model(get_args_parser().parse_args([*SMALL, *flags]))[0]
+    for m in model.modules():  # the BatchFormer's own dropout (0.5) too, so that streams can be compared
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+        if isinstance(m, nn.MultiheadAttention):
+            m.dropout = 0.0
+    return model
+
+
+def _samples():
+    g = torch.Generator().manual_seed(3)
+    return nested_tensor_from_tensor_list(
+        [
+            torch.randn(3, 64, 80, generator=g),
+            torch.randn(3, 48, 64, generator=g),
+            torch.randn(3, 64, 56, generator=g),
+        ]
+    )
+
+
+def test_insert_indices_default_sorted_and_validated(capsys):
+    assert resolve_insert_indices(0, [3], 6) == []
+    assert resolve_insert_indices(1, None, 6) == [0]
+    assert "--insert_idx 0" in capsys.readouterr().out
+    assert resolve_insert_indices(1, [4, 0, 4, 2], 6) == [0, 2, 4]
+    with pytest.raises(ValueError, match="--bf"):
+        resolve_insert_indices(2, [0], 6)
+    with pytest.raises(ValueError, match="--insert_idx"):
+        resolve_insert_indices(1, [6], 6)
+    with pytest.raises(ValueError, match="--insert_idx"):
+        resolve_insert_indices(1, [-1], 6)
+    with pytest.raises(ValueError, match="--share_bf"):
+        resolve_insert_indices(1, [0], 6, share_bf=2)
+    with pytest.raises(ValueError, match="--bt_num_layers"):
+        resolve_insert_indices(1, [0], 6, bt_num_layers=0)
+
+
+def test_layer_configuration():
+    layer = build_batchformer(32)
+    assert isinstance(layer, nn.TransformerEncoderLayer)
+    assert layer.self_attn.num_heads == 4 and layer.linear1.out_features == 32 and layer.dropout.p == 0.5
+    assert not layer.self_attn.batch_first
+    deep = build_batchformer(32, 3)
+    assert isinstance(deep, nn.TransformerEncoder) and len(deep.layers) == 3
+    with pytest.raises(ValueError, match="--hidden_dim"):
+        build_batchformer(30)
+
+
+def test_each_position_attends_across_the_images():
+    layer = build_batchformer(16).eval()
+    x = torch.randn(5, 7, 16)  # (B, L, C)
+    out = attend_across_batch(layer, x)
+    assert out.shape == x.shape
+    for pos in range(7):  # position l alone: a sequence of the 5 images at l
+        torch.testing.assert_close(out[:, pos], layer(x[:, pos : pos + 1])[:, 0], rtol=1e-5, atol=1e-5)
+    changed = x.clone()
+    changed[3, 2] += 1.0  # image 3 at position 2 changes only position 2 of every image
+    diff = (attend_across_batch(layer, changed) - out).abs().sum(-1)
+    assert (diff[:, 2] > 0).all() and diff[:, [0, 1, 3, 4, 5, 6]].max() == 0
+
+
+def test_two_stream_steps():
+    add_one = lambda t: t + 1  # stands in for a BatchFormer
+    x = torch.zeros(2, 3, 4)
+    first = batchformer_step(add_one, x, num_images=2, two_stream=True)
+    assert torch.equal(first, torch.cat([x, x + 1]))
+    later = batchformer_step(add_one, first, num_images=2, two_stream=True)
+    assert torch.equal(later, torch.cat([x, x + 2]))  # the second stream only
+    assert torch.equal(batchformer_step(add_one, x, num_images=2, two_stream=False), x + 1)
+
+
+@pytest.mark.parametrize("flags", [[], ["--with_box_refine", "--two_stage"]])
+def test_bf_model_at_inference_equals_the_baseline(flags):
+    baseline = _model(*flags).eval()
+    bf = _model(*flags, "--bf", "1", "--insert_idx", "1", "--share_bf", "0").eval()
+    result = bf.load_state_dict(baseline.state_dict(), strict=False)
+    assert result.unexpected_keys == []
+    assert result.missing_keys and all(".bf." in k for k in result.missing_keys)
+    calls = []
+    bf.transformer.bf["1"].register_forward_hook(lambda *a: calls.append(1))
+    samples = _samples()
+    with torch.no_grad():
+        a, b = baseline(samples), bf(samples)
+    assert calls == []  # skipped without --eval_bf
+    for key in ("pred_logits", "pred_boxes"):
+        torch.testing.assert_close(b[key], a[key])
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--insert_idx", "0"],
+        ["--insert_idx", "1", "0", "--share_bf", "0"],
+        ["--insert_idx", "0", "--with_box_refine", "--two_stage", "--share_bf", "0"],
+    ],
+)
+def test_stream_0_is_the_plain_model_and_stream_1_the_eval_bf_model(flags):
+    model = _model("--bf", "1", *flags)
+    samples = _samples()
+    model.train()
+    two = model(samples)
+    b = samples.tensors.shape[0]
+    assert two["pred_logits"].shape[0] == 2 * b and len(two["aux_outputs"]) == 1
+    model.eval()
+    with torch.no_grad():
+        plain = model(samples)
+        model.transformer.eval_bf = True
+        with_bf = model(samples)
+    assert plain["pred_logits"].shape[0] == b
+    for key in ("pred_logits", "pred_boxes"):
+        torch.testing.assert_close(two[key][:b], plain[key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(two[key][b:], with_bf[key], rtol=1e-4, atol=1e-5)
+    # the box heads start at zero (boxes = references), the class logits see the BatchFormer
+    assert not torch.allclose(with_bf["pred_logits"], plain["pred_logits"])
+    if "enc_outputs" in two:
+        torch.testing.assert_close(
+            two["enc_outputs"]["pred_logits"][:b], plain["enc_outputs"]["pred_logits"], rtol=1e-4, atol=1e-5
+        )
+
+
+def test_only_stream_1_reaches_the_batchformer():
+    model = _model("--bf", "1", "--insert_idx", "0", "1", "--share_bf", "0").train()
+    samples = _samples()
+    b = samples.tensors.shape[0]
+    bf_params = list(model.transformer.bf.parameters())
+    out = model(samples)
+    (out["pred_logits"][:b].sum() + out["pred_boxes"][:b].sum()).backward()
+    assert all(p.grad is None or not p.grad.any() for p in bf_params)
+    assert model.transformer.encoder.layers[0].linear1.weight.grad is not None
+    model.zero_grad(set_to_none=True)
+    out = model(samples)
+    (out["pred_logits"][b:].sum() + out["pred_boxes"][b:].sum()).backward()
+    for name in ("0", "1"):
+        grad = model.transformer.bf[name].linear1.weight.grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_separate_layers_are_registered_twice_as_the_same_modules():
+    model = _model("--bf", "1", "--insert_idx", "1", "0", "--share_bf", "0")
+    t = model.transformer
+    assert list(t.bf.keys()) == ["0", "1"] and t.encoder.bf is t.bf
+    sd = model.state_dict()
+    assert (
+        sd["transformer.bf.1.linear1.weight"].data_ptr()
+        == sd["transformer.encoder.bf.1.linear1.weight"].data_ptr()
+    )
+    names = [n for n, _ in model.named_parameters()]
+    assert not any(n.startswith("transformer.encoder.bf") for n in names)  # counted once
+    shared = _model("--bf", "1", "--insert_idx", "0", "1")
+    assert isinstance(shared.transformer.bf, nn.TransformerEncoderLayer)
+    assert not hasattr(shared.transformer.encoder, "bf")
+    deep = _model("--bf", "1", "--bt_num_layers", "2")
+    assert "transformer.bf.layers.1.linear1.weight" in deep.state_dict()

@@ -1,0 +1,90 @@
+"""models.build_model: what it returns and the flags it rejects."""
+
+import pytest
+import torch
+
+from models import build_model
+from models.criterion import SetCriterion
+from models.deformable_detr import DeformableDETR, PostProcess
+from util.args import get_args_parser
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Two threads on a shared 2-core machine spin against each other: one is much faster here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+SMALL = (
+    "--no_pretrained_backbone --backbone resnet18 --hidden_dim 32 --dim_feedforward 64 --enc_layers "
+    "2 --dec_layers 3 --num_queries 5 --nheads 4 --dataset_file toy"
+).split()
+
+
+def _args(*flags):
+    return get_args_parser().parse_args([*SMALL, *flags])
+
+
+def test_returns_model_criterion_postprocessors():
+    model, criterion, postprocessors = build_model(_args())
+    assert isinstance(model, DeformableDETR) and isinstance(criterion, SetCriterion)
+    assert isinstance(postprocessors["bbox"], PostProcess) and list(postprocessors) == ["bbox"]
+    assert criterion.num_classes == 20 and model.class_embed[0].out_features == 20
+    w = criterion.weight_dict
+    assert (w["loss_ce"], w["loss_bbox"], w["loss_giou"]) == (2, 5, 2)
+    assert {"loss_ce_0", "loss_bbox_1", "loss_giou_enc"} <= set(w) and "loss_ce_2" not in w
+    assert criterion.losses == ["labels", "boxes", "cardinality"] and criterion.focal_alpha == 0.25
+    _, criterion, _ = build_model(_args("--no_aux_loss"))
+    assert set(criterion.weight_dict) == {"loss_ce", "loss_bbox", "loss_giou"}
+
+
+def test_model_options_follow_the_flags():
+    model, _, _ = build_model(_args("--num_queries", "7", "--lr_backbone", "0"))
+    assert model.query_embed.weight.shape == (7, 64)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert model.transformer.encoder.layers[0].self_attn.n_points == 4
+    assert len(model.transformer.decoder.layers) == 3 and model.transformer.level_embed.shape == (4, 32)
+
+
+def test_insert_idx_is_normalised(capsys):
+    args = _args("--bf", "1")
+    model, _, _ = build_model(args)
+    assert args.insert_idx == [0] and "--insert_idx 0" in capsys.readouterr().out
+    args = _args("--bf", "1", "--insert_idx", "1", "--insert_idx", "0", "1", "--share_bf", "0")
+    model, _, _ = build_model(args)
+    assert args.insert_idx == [0, 1] and list(model.transformer.bf) == ["0", "1"]
+
+
+@pytest.mark.parametrize(
+    "flags, flag",
+    [
+        (["--bf", "2"], "--bf"),
+        (["--bf", "-1"], "--bf"),
+        (["--bf", "1", "--insert_idx", "2"], "--insert_idx"),  # only 2 encoder layers
+        (["--bf", "1", "--insert_idx", "-1"], "--insert_idx"),
+        (["--bf", "1", "--share_bf", "3"], "--share_bf"),
+        (["--bf", "1", "--bt_num_layers", "0"], "--bt_num_layers"),
+        (["--backbone", "resnet7"], "--backbone"),
+        (["--frozen_weights", "detr.pth"], "--frozen_weights"),
+        (["--num_feature_levels", "2"], "--num_feature_levels"),
+        (["--hidden_dim", "36"], "--hidden_dim"),
+    ],
+)
+def test_bad_flags_name_the_flag(flags, flag):
+    with pytest.raises(ValueError, match=flag):
+        build_model(_args(*flags))
+
+
+def test_hyphenated_batchformer_flags():
+    args = get_args_parser().parse_args(
+        [*SMALL, "--bf", "1", "--insert-idx", "1", "--share-bf", "0", "--eval-bf"]
+    )
+    model, _, _ = build_model(args)
+    assert model.transformer.eval_bf and list(model.transformer.bf) == ["1"]
+    model.eval()
+    with torch.no_grad():
+        out = model([torch.randn(3, 64, 64), torch.randn(3, 32, 48)])
+    assert out["pred_logits"].shape == (2, 5, 20)

@@ -1,0 +1,59 @@
+import json
+
+import pytest
+
+from util.plot_utils import ewm, plot_logs, read_log
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _write_log(folder, epochs=4):
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for e in range(epochs):
+        lines.append(json.dumps({
+            "train_class_error": 50.0 / (e + 1), "test_class_error": 60.0 / (e + 1),
+            "train_loss_bbox_unscaled": 0.3 - 0.05 * e, "test_loss_bbox_unscaled": 0.35 - 0.05 * e,
+            "test_coco_eval_bbox": [0.1 * e] + [0.0] * 11, "epoch": e, "n_parameters": 10,
+        }))
+    (folder / "log.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_plot_logs_writes_png(tmp_path):
+    run_a = _write_log(tmp_path / "run_a")
+    run_b = _write_log(tmp_path / "run_b", epochs=2)
+    out = tmp_path / "plots" / "curves.png"
+    fig, axes = plot_logs([run_a, run_b / "log.txt"], ewm_col=1, out=out)
+    data = out.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
+    assert [ax.get_title() for ax in axes] == ["class_error", "loss_bbox_unscaled", "mAP"]
+    # Two runs: train + test for the first two fields, test only for mAP.
+    assert [len(ax.lines) for ax in axes] == [4, 4, 2]
+    xs, ys = axes[2].lines[0].get_data()
+    assert list(xs) == [0, 1, 2, 3]
+    assert list(ys) == pytest.approx(ewm([0.0, 0.1, 0.2, 0.3], 1))
+
+
+def test_ewm_against_weighted_mean():
+    values = [1.0, 4.0, 2.0, 8.0]
+    assert ewm(values, 0) == values
+    a = 1 / (1 + 2.0)
+    for t in range(len(values)):
+        weights = [(1 - a) ** (t - i) for i in range(t + 1)]
+        expected = sum(w * v for w, v in zip(weights, values)) / sum(weights)
+        assert ewm(values, 2.0)[t] == pytest.approx(expected)
+
+
+def test_missing_and_invalid_logs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no log file at .*nothing"):
+        plot_logs([tmp_path / "nothing"], out=tmp_path / "x.png")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "log.txt").write_text('{"epoch": 0}\nnot json\n')
+    with pytest.raises(ValueError, match="line 2 is not a JSON object"):
+        plot_logs([bad])
+    (bad / "log.txt").write_text("")
+    with pytest.raises(ValueError, match="no log lines"):
+        read_log(bad / "log.txt")
+    assert not (tmp_path / "x.png").exists()
