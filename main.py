@@ -1,0 +1,271 @@
+"""Train or evaluate Deformable DETR (with BatchFormerV2) on COCO, COCO panoptic or the toy set.
+
+    python main.py --coco_path data/coco --output_dir exps/r50            # train
+    python main.py --coco_path data/coco --resume ckpt.pth --eval         # evaluate
+    python tools/launch.py --nproc_per_node 8 main.py ...                 # distributed
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+import util.dist as dist_utils
+from engine import NonFiniteLossError, evaluate, train_one_epoch
+from util.args import get_args_parser  # noqa: F401  (main.get_args_parser is public API)
+from util.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+from util.misc import collate_fn
+
+
+def match_name_keywords(name: str, keywords: list[str]) -> bool:
+    return any(k in name for k in keywords)
+
+
+def build_param_groups(model: torch.nn.Module, args) -> list[dict]:
+    """The three groups of the published recipe; parameters that do not require grad are left out.
+
+    backbone.0 (the CNN) at lr_backbone; the sampling-offset and reference-point projections at
+    lr * lr_linear_proj_mult; everything else at lr.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    backbone = [p for n, p in named if match_name_keywords(n, args.lr_backbone_names)]
+    linear_proj = [p for n, p in named if not match_name_keywords(n, args.lr_backbone_names)
+                   and match_name_keywords(n, args.lr_linear_proj_names)]
+    rest = [p for n, p in named if not match_name_keywords(n, args.lr_backbone_names)
+            and not match_name_keywords(n, args.lr_linear_proj_names)]
+    return [
+        {"params": rest, "lr": args.lr},
+        {"params": backbone, "lr": args.lr_backbone},
+        {"params": linear_proj, "lr": args.lr * args.lr_linear_proj_mult},
+    ]
+
+
+def build_optimizer(model: torch.nn.Module, args) -> tuple[torch.optim.Optimizer, object]:
+    groups = build_param_groups(model, args)
+    if args.sgd:
+        optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
+    if args.lr_drop_epochs:
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, sorted(args.lr_drop_epochs))
+    else:
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
+    return optimizer, scheduler
+
+
+def build_loaders(dataset_train, dataset_val, args) -> tuple[DataLoader | None, DataLoader]:
+    from datasets.samplers import DistributedSampler, NodeDistributedSampler
+
+    if args.distributed:
+        sampler_cls = NodeDistributedSampler if args.cache_mode else DistributedSampler
+        sampler_train = sampler_cls(dataset_train, shuffle=True) if dataset_train is not None else None
+        sampler_val = sampler_cls(dataset_val, shuffle=False)
+    else:
+        sampler_train = RandomSampler(dataset_train) if dataset_train is not None else None
+        sampler_val = SequentialSampler(dataset_val)
+    loader_train = None
+    if dataset_train is not None:
+        batch_sampler = BatchSampler(sampler_train, args.batch_size, drop_last=True)
+        loader_train = DataLoader(dataset_train, batch_sampler=batch_sampler, collate_fn=collate_fn,
+                                  num_workers=args.num_workers, pin_memory=args.device != "cpu")
+    loader_val = DataLoader(dataset_val, args.batch_size, sampler=sampler_val, drop_last=False,
+                            collate_fn=collate_fn, num_workers=args.num_workers,
+                            pin_memory=args.device != "cpu")
+    return loader_train, loader_val
+
+
+def _check_device(args) -> torch.device:
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
+    return torch.device(args.device)
+
+
+def _load_frozen_weights(model: torch.nn.Module, path: str) -> None:
+    """The detector's weights for mask-head training: into ``model.detr`` when the model wraps one."""
+    checkpoint = load_checkpoint(path)
+    state = checkpoint["model"] if isinstance(checkpoint, dict) and "model" in checkpoint else checkpoint
+    target = getattr(model, "detr", model)
+    load_model_state(target, state, name=f"--frozen_weights {path}")
+
+
+def _resume(args, model, optimizer, scheduler, scaler) -> None:
+    """Weights always; optimizer, scheduler, epoch (and the fp16 grad scaler) unless --eval."""
+    checkpoint = load_checkpoint(args.resume)
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise CheckpointError(f"--resume {args.resume}: expected a dict with a 'model' entry "
+                              f"(a checkpoint written by main.py), got {type(checkpoint).__name__}")
+    load_model_state(model, checkpoint["model"], name=f"--resume {args.resume}")
+    if args.eval or not all(k in checkpoint for k in ("optimizer", "lr_scheduler", "epoch")):
+        return
+    saved_groups = checkpoint["optimizer"].get("param_groups", [])
+    if len(saved_groups) != len(optimizer.param_groups) or any(
+            len(a["params"]) != len(b["params"]) for a, b in zip(saved_groups, optimizer.param_groups)):
+        raise CheckpointError(
+            f"--resume {args.resume}: the optimizer state does not fit this model's parameter groups "
+            "(it was trained with a different configuration, or different --lr_backbone_names / "
+            "--lr_linear_proj_names / --lr_backbone); resuming would mix up the optimizer's moments")
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["lr_scheduler"])
+    if isinstance(scheduler, torch.optim.lr_scheduler.StepLR):
+        # The command line decides when the lr drops, as in the public code.
+        scheduler.step_size = args.lr_drop
+    if scaler is not None and "scaler" in checkpoint:
+        scaler.load_state_dict(checkpoint["scaler"])
+    args.start_epoch = checkpoint["epoch"] + 1
+    print(f"Resumed from {args.resume} at epoch {args.start_epoch}", flush=True)
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def _write_eval_outputs(output_dir: str, stats: dict, coco_evaluator) -> None:
+    """results_bbox.json (COCO results format) and eval_stats.json (the 12 COCOeval numbers)."""
+    # Only the four fields of the COCO results format (COCOeval adds area, id, ... to its copies).
+    detections = [{k: d[k] for k in ("image_id", "category_id", "bbox", "score")}
+                  for d in (coco_evaluator.coco_results("bbox") if coco_evaluator is not None else [])]
+    if not dist_utils.is_main_process() or not output_dir:
+        return
+    _write_json(os.path.join(output_dir, "results_bbox.json"), detections)
+    summary = {k: v for k, v in stats.items() if k.startswith("coco_eval_") or k.startswith("PQ")}
+    _write_json(os.path.join(output_dir, "eval_stats.json"), summary)
+    print(f"Wrote {os.path.join(output_dir, 'eval_stats.json')} and results_bbox.json", flush=True)
+
+
+def _checkpoint_paths(output_dir: str, epoch: int, args) -> list[str]:
+    paths = [os.path.join(output_dir, "checkpoint.pth")]
+    # Keep an extra copy before each lr drop (every lr_drop epochs for StepLR) and every 5 epochs.
+    if args.lr_drop_epochs:
+        before_drop = (epoch + 1) in args.lr_drop_epochs
+    else:
+        before_drop = args.lr_drop > 0 and (epoch + 1) % args.lr_drop == 0
+    if before_drop or (epoch + 1) % 5 == 0:
+        paths.append(os.path.join(output_dir, f"checkpoint{epoch:04d}.pth"))
+    return paths
+
+
+def main(args) -> dict:
+    """Run training or evaluation as the flags say; returns the last evaluation's stats."""
+    dist_utils.init_distributed_mode(args)
+    print(args, flush=True)
+    device = _check_device(args)
+    if args.amp == "fp16" and device.type == "cpu":
+        print("note: --amp fp16 on CPU is slow; --amp bf16 is the CPU choice", flush=True)
+
+    seed = args.seed + dist_utils.get_rank()
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+    from datasets import build_dataset, get_coco_api_from_dataset
+    from models import build_model
+
+    model, criterion, postprocessors = build_model(args)
+    model.to(device)
+    model_without_ddp = model
+    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print("number of params:", n_parameters, flush=True)
+
+    dataset_val = build_dataset(image_set="val", args=args)
+    dataset_train = None if args.eval else build_dataset(image_set="train", args=args)
+    loader_train, loader_val = build_loaders(dataset_train, dataset_val, args)
+    base_ds = get_coco_api_from_dataset(dataset_val)
+
+    optimizer, scheduler = build_optimizer(model_without_ddp, args)
+    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+
+    if args.distributed:
+        # Some parameters get no gradient in some steps (BatchFormer branches, two-stage heads,
+        # the frozen detector of the mask recipe); DDP must be told to look for them.
+        find_unused = bool(args.bf or args.two_stage or args.masks or args.find_unused_parameters)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[args.gpu] if device.type == "cuda" else None,
+            find_unused_parameters=find_unused)
+        model_without_ddp = model.module
+
+    if args.frozen_weights is not None:
+        _load_frozen_weights(model_without_ddp, args.frozen_weights)
+
+    output_dir = args.output_dir
+    if output_dir and dist_utils.is_main_process():
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+    if args.resume:
+        _resume(args, model_without_ddp, optimizer, scheduler, scaler)
+
+    eval_kwargs = dict(print_freq=args.print_freq, max_iters=args.max_eval_iters, amp=args.amp)
+    if args.eval:
+        stats, coco_evaluator = evaluate(model, criterion, postprocessors, loader_val, base_ds, device,
+                                         output_dir, **eval_kwargs)
+        _write_eval_outputs(output_dir, stats, coco_evaluator)
+        return stats
+
+    print("Start training", flush=True)
+    start_time = time.time()
+    test_stats: dict = {}
+    for epoch in range(args.start_epoch, args.epochs):
+        sampler = loader_train.batch_sampler.sampler
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        try:
+            train_stats = train_one_epoch(model, criterion, loader_train, optimizer, device, epoch,
+                                          args.clip_max_norm, print_freq=args.print_freq,
+                                          max_iters=args.max_iters_per_epoch, amp=args.amp, scaler=scaler)
+        except NonFiniteLossError as e:
+            raise SystemExit(f"Training stopped at epoch {epoch}: {e}") from e
+        scheduler.step()
+        if output_dir:
+            state = {"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
+                     "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": args}
+            if scaler is not None:
+                state["scaler"] = scaler.state_dict()
+            if dist_utils.is_main_process():
+                for path in _checkpoint_paths(output_dir, epoch, args):
+                    save_checkpoint(state, path)
+
+        last = epoch + 1 == args.epochs
+        test_stats = {}
+        if args.eval_every > 0 and ((epoch + 1) % args.eval_every == 0 or last):
+            test_stats, coco_evaluator = evaluate(model, criterion, postprocessors, loader_val, base_ds,
+                                                  device, output_dir, **eval_kwargs)
+            if last:
+                _write_eval_outputs(output_dir, test_stats, coco_evaluator)
+
+        log_stats = {**{f"train_{k}": v for k, v in train_stats.items()},
+                     **{f"test_{k}": v for k, v in test_stats.items()},
+                     "epoch": epoch, "n_parameters": n_parameters}
+        if output_dir and dist_utils.is_main_process():
+            with open(os.path.join(output_dir, "log.txt"), "a") as f:
+                f.write(json.dumps(log_stats) + "\n")
+
+    total_time = datetime.timedelta(seconds=int(time.time() - start_time))
+    print(f"Training time {total_time}", flush=True)
+    return test_stats
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser("Deformable DETR training and evaluation script",
+                                     parents=[get_args_parser()])
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from e
+    finally:
+        if dist_utils.is_dist_avail_and_initialized():
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from benchmark import benchmark, get_benchmark_arg_parser
+
+SMALL = ["--device", "cpu", "--no_pretrained_backbone", "--backbone", "resnet18", "--enc_layers", "1",
+         "--dec_layers", "1", "--num_queries", "10", "--hidden_dim", "32", "--dim_feedforward", "32",
+         "--nheads", "4"]
+
+
+def test_defaults_follow_the_public_benchmark():
+    args = get_benchmark_arg_parser().parse_args([])
+    assert (args.batch_size, args.num_iters, args.warm_iters, args.image_size) == (1, 300, 5, None)
+    assert get_benchmark_arg_parser().parse_args(["--num-iters", "7"]).num_iters == 7
+
+
+def test_synthetic_images_give_a_positive_rate():
+    args = get_benchmark_arg_parser().parse_args(
+        [*SMALL, "--image_size", "64", "80", "--num_iters", "2", "--warm_iters", "1", "--batch_size", "2"])
+    fps = benchmark(args)
+    assert 0 < fps < float("inf")
+
+
+def test_resume_loads_the_checkpoint(tmp_path):
+    from models import build_model
+
+    args = get_benchmark_arg_parser().parse_args([*SMALL, "--image_size", "64", "96", "--num_iters", "1"])
+    model, _, _ = build_model(args)
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": model.state_dict()}, path)
+    args.resume = str(path)
+    assert benchmark(args) > 0
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    args.resume = str(tmp_path / "broken.pth")
+    with pytest.raises(Exception, match="broken.pth"):
+        benchmark(args)
+
+
+def test_clear_errors(tmp_path):
+    parser = get_benchmark_arg_parser()
+    with pytest.raises(SystemExit, match="too small"):
+        benchmark(parser.parse_args([*SMALL, "--image_size", "8", "8"]))
+    with pytest.raises(SystemExit, match="--num_iters"):
+        benchmark(parser.parse_args([*SMALL, "--image_size", "64", "96", "--num_iters", "0"]))
+    missing = ["--dataset_file", "coco", "--coco_path", str(tmp_path / "nowhere"), "--num_iters", "1"]
+    with pytest.raises(SystemExit, match="--image_size"):
+        benchmark(parser.parse_args([*SMALL, *missing]))
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="--device cpu"):
+            benchmark(parser.parse_args([*SMALL[2:], "--device", "cuda", "--image_size", "64", "96"]))

@@ -1,0 +1,145 @@
+"""Draw a checkpoint's detections on images and save them as PNG.
+
+    python tools/visualize.py exps/demo/checkpoint.pth --num_images 4 --output_dir exps/demo/detections
+    python tools/visualize.py ckpt.pth --images a.jpg b.jpg --threshold 0.5 --device cpu
+
+The model is rebuilt from the ``args`` stored in the checkpoint (its flags can be overridden after
+``--``, e.g. ``-- --dataset_file toy``). Without ``--images`` the first images of the validation
+split of the checkpoint's data set are drawn, with the data set's category names.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from util.args import get_args_parser  # noqa: E402
+from util.checkpoint import CheckpointError, load_checkpoint, load_model_state  # noqa: E402
+from util.misc import nested_tensor_from_tensor_list  # noqa: E402
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+           (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40)]
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="checkpoint path or URL (a dict with 'model' and 'args')")
+    p.add_argument("--images", nargs="+", default=None, help="image files; default: the validation set")
+    p.add_argument("--num_images", type=int, default=4, help="validation images to draw without --images")
+    p.add_argument("--image_size", type=int, default=800, help="shorter side for --images (as in eval)")
+    p.add_argument("--threshold", type=float, default=0.5, help="draw detections scoring at least this")
+    p.add_argument("--output_dir", default="detections", help="where the PNG files go")
+    p.add_argument("--device", default="cpu")
+    argv = sys.argv[1:] if argv is None else argv
+    if "--" in argv:
+        i = argv.index("--")
+        return p.parse_args(argv[:i]), argv[i + 1:]
+    return p.parse_args(argv), []
+
+
+def model_args(checkpoint: dict, overrides: list[str], device: str) -> argparse.Namespace:
+    """The training flags stored in the checkpoint, then the overrides, on top of the defaults."""
+    args = get_args_parser().parse_args([])
+    saved = checkpoint.get("args")
+    if saved is not None:
+        vars(args).update(vars(saved))
+    if overrides:
+        parser = get_args_parser()
+        parser.set_defaults(**vars(args))
+        args = parser.parse_args(overrides)
+    args.device = device
+    args.no_pretrained_backbone = True  # every weight comes from the checkpoint
+    args.frozen_weights = None
+    return args
+
+
+def denormalize(image: torch.Tensor) -> Image.Image:
+    """(3, H, W) ImageNet-normalised tensor -> PIL image."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return TF.to_pil_image((image.cpu() * std + mean).clamp(0, 1))
+
+
+def draw(image: Image.Image, result: dict, threshold: float,
+         names: dict[int, str]) -> tuple[Image.Image, int]:
+    """Boxes (xyxy pixels of ``image``), labels and scores of the detections above ``threshold``."""
+    image = image.convert("RGB")
+    canvas = ImageDraw.Draw(image)
+    keep = result["scores"] >= threshold
+    for box, label, score in zip(result["boxes"][keep].tolist(), result["labels"][keep].tolist(),
+                                 result["scores"][keep].tolist()):
+        colour = PALETTE[label % len(PALETTE)]
+        canvas.rectangle(box, outline=colour, width=2)
+        text = f"{names.get(label, label)} {score:.2f}"
+        x0, y0 = box[0], max(box[1] - 11, 0)
+        left, top, right, bottom = canvas.textbbox((x0, y0), text)
+        canvas.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=colour)
+        canvas.text((x0, y0), text, fill=(255, 255, 255))
+    return image, int(keep.sum())
+
+
+def _load_image(path: str, size: int) -> tuple[torch.Tensor, Image.Image]:
+    try:
+        pil = Image.open(path).convert("RGB")
+    except OSError as e:
+        raise SystemExit(f"cannot read image {path}: {e}") from e
+    w, h = pil.size
+    scale = size / min(w, h)
+    resized = pil.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
+    return TF.normalize(TF.to_tensor(resized), IMAGENET_MEAN, IMAGENET_STD), resized
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    opts, overrides = parse_args(argv)
+    try:
+        checkpoint = load_checkpoint(opts.checkpoint)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from e
+    args = model_args(checkpoint, overrides, opts.device)
+
+    from models import build_model
+
+    model, _, postprocessors = build_model(args)
+    load_model_state(model, checkpoint["model"], name=opts.checkpoint)
+    model.to(opts.device).eval()
+
+    names: dict[int, str] = {}
+    if opts.images:
+        items = [(os.path.splitext(os.path.basename(p))[0], *_load_image(p, opts.image_size))
+                 for p in opts.images]
+    else:
+        from datasets import build_dataset, get_coco_api_from_dataset
+
+        dataset = build_dataset("val", args)
+        coco = get_coco_api_from_dataset(dataset)
+        names = {c["id"]: c["name"] for c in coco.dataset.get("categories", [])}
+        items = []
+        for i in range(min(opts.num_images, len(dataset))):
+            image, target = dataset[i]
+            items.append((f"image{int(target['image_id']):06d}", image, denormalize(image)))
+
+    os.makedirs(opts.output_dir, exist_ok=True)
+    written = []
+    with torch.no_grad():
+        for stem, tensor, pil in items:
+            outputs = model(nested_tensor_from_tensor_list([tensor.to(opts.device)]))
+            size = torch.tensor([[pil.size[1], pil.size[0]]], device=opts.device)  # (h, w)
+            result = {k: v.cpu() for k, v in postprocessors["bbox"](outputs, size)[0].items()}
+            drawn, n = draw(pil, result, opts.threshold, names)
+            path = os.path.join(opts.output_dir, f"{stem}.png")
+            drawn.save(path)
+            written.append(path)
+            print(f"{path}: {n} detections >= {opts.threshold}", flush=True)
+    return written
+
+
+if __name__ == "__main__":
+    main()
