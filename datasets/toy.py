@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -189,16 +190,17 @@ def is_complete(root: Path, num_train: int = 400, num_val: int = 100, seed: int 
     return True
 
 
-def generate(root, num_train: int = 400, num_val: int = 100, seed: int = 0) -> Path:
-    """Write the set to ``root`` (replacing whatever is there) through a temporary folder."""
+def publish_folder(root, fill: Callable[[Path], None], is_whole: Callable[[Path], bool]) -> Path:
+    """Fill a temporary sibling of ``root``, then rename it into place (replacing ``root``).
+
+    An interrupted run never leaves a half-written set behind. If another process (a second rank)
+    renamed a set into place first, that one is kept when ``is_whole`` accepts it.
+    """
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-tmp-", dir=root.parent))
     try:
-        _write_split(tmp, "train", num_train, seed)
-        _write_split(tmp, "val", num_val, seed)
-        with open(tmp / MARKER, "w", encoding="utf-8") as f:
-            json.dump(_parameters(num_train, num_val, seed), f)
+        fill(tmp)
         if root.exists():
             stale = Path(tempfile.mkdtemp(prefix=f".{root.name}-stale-", dir=root.parent))
             os.replace(root, stale / root.name)
@@ -206,12 +208,23 @@ def generate(root, num_train: int = 400, num_val: int = 100, seed: int = 0) -> P
         try:
             os.rename(tmp, root)
         except OSError:
-            # Another process (a second rank) put a set in place first; keep theirs if it is whole.
-            if not is_complete(root, num_train, num_val, seed):
+            if not is_whole(root):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def generate(root, num_train: int = 400, num_val: int = 100, seed: int = 0) -> Path:
+    """Write the set to ``root`` (replacing whatever is there) through a temporary folder."""
+
+    def fill(folder: Path) -> None:
+        _write_split(folder, "train", num_train, seed)
+        _write_split(folder, "val", num_val, seed)
+        with open(folder / MARKER, "w", encoding="utf-8") as f:
+            json.dump(_parameters(num_train, num_val, seed), f)
+
+    return publish_folder(root, fill, lambda r: is_complete(r, num_train, num_val, seed))
 
 
 def ensure_toy_dataset(root=None, num_train: int = 400, num_val: int = 100, seed: int = 0) -> Path:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +30,7 @@ from datasets import transforms as T
 from datasets.coco_panoptic import SPLITS, CocoPanoptic, build_from_folders
 from datasets.panoptic_eval import id2rgb
 from datasets.toy import CLASSES as THING_CLASSES
-from datasets.toy import TOY_TRANSFORMS, _overlap, _shape_polygon
+from datasets.toy import TOY_TRANSFORMS, _overlap, _shape_polygon, publish_folder
 
 # (category id, name, base RGB colour); ids follow the thing classes 1..5.
 STUFF_CLASSES = (
@@ -224,26 +222,14 @@ def ensure_toy_panoptic(root=None, num_train: int = DEFAULT_SIZES["num_train"],
     root = Path(root) if root else DEFAULT_ROOT
     if is_complete(root, num_train, num_val, seed):
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-tmp-", dir=root.parent))
-    try:
-        _write_split(tmp, "train", num_train, seed)
-        _write_split(tmp, "val", num_val, seed)
-        with open(tmp / MARKER, "w", encoding="utf-8") as f:
+
+    def fill(folder: Path) -> None:
+        _write_split(folder, "train", num_train, seed)
+        _write_split(folder, "val", num_val, seed)
+        with open(folder / MARKER, "w", encoding="utf-8") as f:
             json.dump(_parameters(num_train, num_val, seed), f)
-        if root.exists():
-            stale = Path(tempfile.mkdtemp(prefix=f".{root.name}-stale-", dir=root.parent))
-            os.replace(root, stale / root.name)
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            # Another process (a second rank) put a set in place first; keep theirs if it is whole.
-            if not is_complete(root, num_train, num_val, seed):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+
+    return publish_folder(root, fill, lambda r: is_complete(r, num_train, num_val, seed))
 
 
 def build(image_set: str, args) -> CocoPanoptic:

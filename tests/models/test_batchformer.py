@@ -14,14 +14,7 @@ from models.batchformer import (
 from util.args import get_args_parser
 from util.misc import nested_tensor_from_tensor_list
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two threads on a shared 2-core machine spin against each other: one is much faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = (

@@ -11,14 +11,7 @@ from models.deformable_transformer import DeformableTransformer, DeformableTrans
 from models.ops.modules import MSDeformAttn
 from util.misc import inverse_sigmoid
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two threads on a shared 2-core machine spin against each other: one is much faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SHAPES = [(6, 8), (3, 4)]  # two levels of a padded batch

@@ -4,19 +4,11 @@ import json
 import os
 
 import pytest
-import torch
 
 from models import build_model
 from util.args import get_args_parser
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two threads on a shared 2-core machine spin against each other: one is much faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 REF_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "reference", "state_dict")
