@@ -120,7 +120,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
 @torch.no_grad()
 def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_loader: Iterable,
              base_ds, device: torch.device, output_dir: str = "", print_freq: int = 10,
-             max_iters: int = 0, amp: str | None = None):
+             max_iters: int = 0, amp: str | None = None, eval_backend: str = "pycocotools"):
     """Losses and COCO box AP on ``data_loader``; the predictions of every rank are merged first.
 
     Returns (stats, coco_evaluator): stats holds the averaged losses and ``coco_eval_bbox`` (the 12
@@ -132,7 +132,8 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
     logger.add_meter("class_error", SmoothedValue(window_size=1, fmt="{value:.2f}"))
     iou_types = tuple(k for k in ("segm", "bbox") if k in postprocessors)
     # COCO panoptic without instance annotations has no COCO ground truth: PQ only.
-    coco_evaluator = CocoEvaluator(base_ds, iou_types) if iou_types and base_ds is not None else None
+    coco_evaluator = (CocoEvaluator(base_ds, iou_types, backend=eval_backend)
+                      if iou_types and base_ds is not None else None)
     panoptic_evaluator = None
     if "panoptic" in postprocessors:
         from datasets.panoptic_eval import build_panoptic_evaluator

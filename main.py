@@ -133,9 +133,7 @@ def _write_json(path: str, obj) -> None:
 
 def _write_eval_outputs(output_dir: str, stats: dict, coco_evaluator) -> None:
     """results_bbox.json (COCO results format) and eval_stats.json (the 12 COCOeval numbers)."""
-    # Only the four fields of the COCO results format (COCOeval adds area, id, ... to its copies).
-    detections = [{k: d[k] for k in ("image_id", "category_id", "bbox", "score")}
-                  for d in (coco_evaluator.coco_results("bbox") if coco_evaluator is not None else [])]
+    detections = coco_evaluator.coco_results("bbox") if coco_evaluator is not None else []
     if not dist_utils.is_main_process() or not output_dir:
         return
     _write_json(os.path.join(output_dir, "results_bbox.json"), detections)
@@ -204,7 +202,8 @@ def main(args) -> dict:
     if args.resume:
         _resume(args, model_without_ddp, optimizer, scheduler, scaler)
 
-    eval_kwargs = dict(print_freq=args.print_freq, max_iters=args.max_eval_iters, amp=args.amp)
+    eval_kwargs = dict(print_freq=args.print_freq, max_iters=args.max_eval_iters, amp=args.amp,
+                       eval_backend=args.coco_eval_backend)
     if args.eval:
         stats, coco_evaluator = evaluate(model, criterion, postprocessors, loader_val, base_ds, device,
                                          output_dir, **eval_kwargs)

@@ -113,7 +113,8 @@ class CocoEvaluator:
     def _load_detections(self, coco_gt, iou_type: str):
         results = self.coco_results(iou_type)
         if results:
-            return coco_gt.loadRes(results)
+            # loadRes adds area, id, ... to the dicts it is given: keep ours in results format.
+            return coco_gt.loadRes([dict(r) for r in results])
         # pycocotools' loadRes fails on an empty list; no detections is a valid (zero) result.
         coco_dt = type(coco_gt)()
         coco_dt.dataset = {"images": list(coco_gt.dataset["images"]), "annotations": [],

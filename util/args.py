@@ -127,6 +127,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="evaluate on the first N batches only (0: the whole validation set)")
     p.add_argument("--eval_every", default=1, type=int,
                    help="evaluate every N epochs during training, and after the last (0: only with --eval)")
+    p.add_argument("--coco_eval_backend", default="pycocotools", choices=("pycocotools", "faster"),
+                   help="COCOeval implementation: pycocotools, or faster-coco-eval (same stats, ~6x faster)")
     p.add_argument("--find_unused_parameters", action="store_true",
                    help="tell DistributedDataParallel that some parameters may get no gradient")
 

@@ -74,8 +74,12 @@ def test_results_format_is_xywh(coco_gt):
     ev = CocoEvaluator(coco_gt, "bbox")
     ev.update({7: {"boxes": torch.tensor([[10.0, 20.0, 50.0, 80.0]]), "labels": torch.tensor([3]),
                    "scores": torch.tensor([0.5])}})
-    assert ev.coco_results("bbox") == [{"image_id": 7, "category_id": 3, "bbox": [10.0, 20.0, 40.0, 60.0],
-                                        "score": 0.5}]
+    expected = [{"image_id": 7, "category_id": 3, "bbox": [10.0, 20.0, 40.0, 60.0], "score": 0.5}]
+    assert ev.coco_results("bbox") == expected
+    # COCOeval's loadRes adds fields to the detections it reads; ours stay in results format.
+    ev.synchronize_between_processes()
+    ev.accumulate()
+    assert ev.coco_results("bbox") == expected
 
 
 def test_two_ranks_merge_to_the_one_rank_result(coco_gt, monkeypatch):
