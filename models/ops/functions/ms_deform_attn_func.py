@@ -289,6 +289,29 @@ def _backward(ctx, grad_output: Tensor):
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _prepare_inputs(
+    value: Tensor,
+    value_spatial_shapes: Tensor,
+    value_level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    im2col_step: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Validate the inputs; return them contiguous, value/locations/weights in the compute dtype."""
+    _check_inputs(
+        value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights,
+        im2col_step,
+    )
+    dtype = _compute_dtype(value)
+    return (
+        value.to(dtype).contiguous(),
+        value_spatial_shapes.contiguous(),
+        value_level_start_index.contiguous(),
+        sampling_locations.to(dtype).contiguous(),
+        attention_weights.to(dtype).contiguous(),
+    )
+
+
 def ms_deform_attn(
     value: Tensor,
     value_spatial_shapes: Tensor,
@@ -304,24 +327,11 @@ def ms_deform_attn(
     (N, Lq, M, L, P) -> (N, Lq, M*D) in the dtype of value. Any batch size works with any
     ``im2col_step`` (the number of images the compiled kernels process at once).
     """
-    _check_inputs(
-        value,
-        value_spatial_shapes,
-        value_level_start_index,
-        sampling_locations,
-        attention_weights,
+    inputs = _prepare_inputs(
+        value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights,
         im2col_step,
     )
-    dtype = _compute_dtype(value)
-    out = _forward_op(
-        value.to(dtype).contiguous(),
-        value_spatial_shapes.contiguous(),
-        value_level_start_index.contiguous(),
-        sampling_locations.to(dtype).contiguous(),
-        attention_weights.to(dtype).contiguous(),
-        im2col_step,
-    )
-    return out.to(value.dtype)
+    return _forward_op(*inputs, im2col_step).to(value.dtype)
 
 
 class MSDeformAttnFunction(torch.autograd.Function):
@@ -341,21 +351,9 @@ class MSDeformAttnFunction(torch.autograd.Function):
         attention_weights: Tensor,
         im2col_step: int,
     ) -> Tensor:
-        _check_inputs(
-            value,
-            value_spatial_shapes,
-            value_level_start_index,
-            sampling_locations,
-            attention_weights,
+        inputs = _prepare_inputs(
+            value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights,
             im2col_step,
-        )
-        dtype = _compute_dtype(value)
-        inputs = (
-            value.to(dtype).contiguous(),
-            value_spatial_shapes.contiguous(),
-            value_level_start_index.contiguous(),
-            sampling_locations.to(dtype).contiguous(),
-            attention_weights.to(dtype).contiguous(),
         )
         ctx.save_for_backward(*inputs)
         ctx.im2col_step = im2col_step
