@@ -70,10 +70,13 @@ def _conv_gn(c_in: int, c_out: int, kernel: int = 3, bias: bool = True) -> tuple
 class MaskHeadFPN(nn.Module):
     """Per-query mask logits at stride 4 from attention maps, memory and backbone features.
 
-    Stride 8: conv3x3 over [memory (C) ; the query's M attention maps]. That conv is linear in its
-    input, so it is computed as conv(memory), once per image, plus conv(attention maps), per query:
-    the same result without a (B*Q, C, H/8, W/8) copy of the memory. Then GroupNorm + ReLU, the
-    layer2 features added through a 1x1 adapter, conv3x3, and a conv3x3 narrowing to ``dim4``.
+    Stride 8: conv3x3 + GroupNorm over the memory (C), once per image, plus conv3x3 + GroupNorm
+    over the query's M attention maps, per query, summed through a ReLU; no (B*Q, C, H/8, W/8) copy
+    of the memory is made. The two branches are normalised apart so that the memory cannot drown
+    the per-query signal: under one norm of their sum (DETR's form), attention maps that are a
+    softmax over thousands of positions reached it at ~1/1000 of the memory's scale, and every
+    query of an image got the same mask. Then the layer2 features added through a 1x1 adapter,
+    conv3x3, and a conv3x3 narrowing to ``dim4``.
     Stride 4: nearest upsampling, the layer1 features added through a 1x1 adapter, conv3x3, and a
     conv3x3 to one channel. Every per-query map has few channels (C/4 at stride 8, C/16 at stride 4).
     """
@@ -81,9 +84,8 @@ class MaskHeadFPN(nn.Module):
     def __init__(self, hidden_dim: int, num_heads: int, c8: int, c4: int):
         super().__init__()
         dim8, dim4 = max(hidden_dim // 4, 8), max(hidden_dim // 16, 8)
-        self.memory_conv = nn.Conv2d(hidden_dim, dim8, 3, padding=1)
-        self.attn_conv = nn.Conv2d(num_heads, dim8, 3, padding=1, bias=False)
-        self.gn1 = nn.GroupNorm(min(8, dim8), dim8)
+        self.memory_conv, self.gn_memory = _conv_gn(hidden_dim, dim8)
+        self.attn_conv, self.gn_attn = _conv_gn(num_heads, dim8)
         self.adapter8 = nn.Conv2d(c8, dim8, 1)
         self.conv8, self.gn8 = _conv_gn(dim8, dim8)
         self.narrow, self.gn_narrow = _conv_gn(dim8, dim4)
@@ -101,10 +103,10 @@ class MaskHeadFPN(nn.Module):
 
         Returns mask logits (B, Q, H4, W4)."""
         b, q, m, h8, w8 = attn.shape
-        per_image = self.memory_conv(memory8)  # (B, dim8, H8, W8)
-        x = self.attn_conv(attn.reshape(b * q, m, h8, w8)).view(b, q, -1, h8, w8) + per_image[:, None]
-        x = F.relu(self.gn1(x.flatten(0, 1)))  # (B*Q, dim8, H8, W8)
-        x = (x.view(b, q, -1, h8, w8) + self.adapter8(feat8)[:, None]).flatten(0, 1)
+        per_image = self.gn_memory(self.memory_conv(memory8))  # (B, dim8, H8, W8)
+        per_query = self.gn_attn(self.attn_conv(attn.reshape(b * q, m, h8, w8)))  # (B*Q, dim8, H8, W8)
+        x = F.relu(per_query.view(b, q, -1, h8, w8) + per_image[:, None])
+        x = (x + self.adapter8(feat8)[:, None]).flatten(0, 1)
         x = F.relu(self.gn8(self.conv8(x)))
         x = F.relu(self.gn_narrow(self.narrow(x)))  # (B*Q, dim4, H8, W8)
         h4, w4 = feat4.shape[-2:]
@@ -171,6 +173,9 @@ class DeformableDETRsegm(nn.Module):
             feat8 = feat8.repeat(b2 // b, 1, 1, 1)
             feat4 = feat4.repeat(b2 // b, 1, 1, 1)
         attn = self.bbox_attention(hs, memory8, mask=mask8)  # (B', Q, M, H8, W8)
+        # in units of the uniform weight: 1 everywhere for a query that looks nowhere in particular,
+        # at any image size
+        attn = attn * (~mask8).flatten(1).sum(1).to(attn.dtype).view(b2, 1, 1, 1, 1)
         return self.mask_head(memory8, attn, feat8, feat4)
 
 
@@ -227,17 +232,29 @@ class PostProcessSegm(nn.Module):
 class PostProcessPanoptic(nn.Module):
     """Non-overlapping things and stuff from the confident queries, as a COCO panoptic PNG.
 
-    Queries whose best class score (sigmoid) exceeds ``threshold`` are kept; each pixel goes to
-    the kept query with the highest mask logit; queries of the same stuff class form one segment;
-    segments smaller than ``min_area`` pixels are dropped and their pixels handed to the others
-    (repeated until every segment is large enough). Pixels left to nobody are VOID (id 0).
+    1. Keep the queries whose best class score (sigmoid, over the data set's categories) exceeds
+       ``threshold``.
+    2. Each pixel goes to the kept query with the highest score x mask probability, so a confident
+       query wins the pixels it shares with a weaker duplicate.
+    3. A query's segment is the pixels it won inside its own mask (probability >= 0.5). It is
+       dropped when that is under ``overlap`` of its own mask: a duplicate or a query mostly hidden
+       behind others, which would cost a false positive and split the segment it overlaps.
+    4. Queries of the same stuff class form one segment; segments smaller than ``min_area`` pixels
+       are dropped. Pixels left to nobody are VOID (id 0).
     """
 
-    def __init__(self, is_thing_map: dict[int, bool], threshold: float = 0.5, min_area: int = 16):
+    def __init__(self, is_thing_map: dict[int, bool], threshold: float = 0.3, overlap: float = 0.8,
+                 min_area: int = 16):
         """is_thing_map: every category id of the data set -> isthing; other classes are never output."""
         super().__init__()
+        if not 0 <= threshold < 1:
+            raise ValueError(f"PostProcessPanoptic: the score threshold (--panoptic_threshold) must be in "
+                             f"[0, 1), got {threshold}")
+        if not 0 < overlap <= 1:
+            raise ValueError(f"PostProcessPanoptic: overlap must be in (0, 1], got {overlap}")
         self.is_thing_map = is_thing_map
         self.threshold = threshold
+        self.overlap = overlap
         self.min_area = min_area
 
     @torch.no_grad()
@@ -257,54 +274,52 @@ class PostProcessPanoptic(nn.Module):
         results = []
         for i in range(len(logits)):
             scores, best = logits[i][:, class_ids].float().sigmoid().max(-1)  # (Q,) over the known classes
-            labels = class_ids[best]
             keep = (scores > self.threshold).nonzero()[:, 0]
+            keep = keep[scores[keep].argsort(descending=True)]  # segment ids follow the scores
             size = tuple(int(v) for v in target_sizes[i])
             mask_logits = _masks_at_size(pred_masks[i, keep], tuple(int(v) for v in processed_sizes[i]), size)
-            ids, segments = self.segments(mask_logits, labels[keep].tolist())
+            ids, segments = self.segments(mask_logits, scores[keep], class_ids[best[keep]].tolist())
             results.append({"png_string": png_bytes(ids), "segments_info": segments})
         return results
 
-    def segments(self, mask_logits: Tensor, labels: list[int]) -> tuple[np.ndarray, list[dict]]:
-        """(n, H, W) mask logits of the kept queries and their labels -> (H, W) ids, segments_info."""
+    def segments(self, mask_logits: Tensor, scores: Tensor,
+                 labels: list[int]) -> tuple[np.ndarray, list[dict]]:
+        """(n, H, W) mask logits of the kept queries, their (n,) scores and labels -> (H, W) ids and
+        segments_info."""
         h, w = mask_logits.shape[-2:]
-        # one segment per thing query, one per stuff class
-        segment_of, seg_label = [], []
-        stuff_segment: dict[int, int] = {}
-        for label in labels:
-            if not self.is_thing_map.get(label, True) and label in stuff_segment:
-                segment_of.append(stuff_segment[label])
+        ids = torch.zeros((h, w), dtype=torch.long, device=mask_logits.device)
+        if not labels:
+            return ids.cpu().numpy(), []
+        prob = mask_logits.sigmoid()  # (n, H, W)
+        winner = (prob * scores[:, None, None]).argmax(0)  # (H, W)
+        own = prob >= 0.5
+        won = own & (winner[None] == torch.arange(len(labels), device=winner.device)[:, None, None])
+        own_area, won_area = own.flatten(1).sum(1), won.flatten(1).sum(1)
+        kept = ((won_area > 0) & (won_area >= self.overlap * own_area)).tolist()
+        segment_of_stuff: dict[int, int] = {}
+        seg_labels: list[int] = []
+        for k, label in enumerate(labels):
+            if not kept[k]:
                 continue
-            segment_of.append(len(seg_label))
-            if not self.is_thing_map.get(label, True):
-                stuff_segment[label] = len(seg_label)
-            seg_label.append(label)
-        segment_of_t = torch.as_tensor(segment_of, dtype=torch.long, device=mask_logits.device)
-        alive = torch.ones(len(seg_label), dtype=torch.bool, device=mask_logits.device)
-        assignment = torch.full((h, w), -1, dtype=torch.long, device=mask_logits.device)
-        while alive.any():
-            live_queries = alive[segment_of_t].nonzero()[:, 0]
-            assignment = segment_of_t[live_queries][mask_logits[live_queries].argmax(0)]  # (H, W)
-            areas = torch.bincount(assignment.flatten(), minlength=len(seg_label))
-            small = alive & (areas < self.min_area)
-            if not small.any():
-                break
-            alive &= ~small
-        else:
-            assignment.fill_(-1)
-        ids = np.zeros((h, w), np.int64)
+            is_thing = self.is_thing_map.get(label, True)
+            if not is_thing and label in segment_of_stuff:
+                seg = segment_of_stuff[label]
+            else:
+                seg_labels.append(label)
+                seg = len(seg_labels)
+                if not is_thing:
+                    segment_of_stuff[label] = seg
+            ids[won[k]] = seg  # won masks are disjoint: one winner per pixel
+        areas = torch.bincount(ids.flatten(), minlength=len(seg_labels) + 1).tolist()
+        renumber = np.zeros(len(seg_labels) + 1, np.int64)  # small segments -> VOID, the rest 1, 2, ...
         segments = []
-        assignment = assignment.cpu()
-        for s in assignment.unique().tolist():
-            if s < 0:
+        for seg, label in enumerate(seg_labels, start=1):
+            if areas[seg] < self.min_area:
                 continue
-            where = (assignment == s).numpy()
-            seg_id = len(segments) + 1
-            ids[where] = seg_id
-            label = seg_label[s]
-            segments.append({"id": seg_id, "category_id": label,
-                             "isthing": bool(self.is_thing_map.get(label, True)), "area": int(where.sum())})
-        return ids, segments
+            renumber[seg] = len(segments) + 1
+            segments.append({"id": len(segments) + 1, "category_id": label,
+                             "isthing": bool(self.is_thing_map.get(label, True)), "area": areas[seg]})
+        return renumber[ids.cpu().numpy()], segments
 
 
 def is_thing_map_for(args) -> dict[int, bool] | None:
@@ -331,5 +346,5 @@ def build_segmentation(args, detr: DeformableDETR) -> tuple[nn.Module, dict[str,
     postprocessors: dict[str, nn.Module] = {"segm": PostProcessSegm()}
     is_thing_map = is_thing_map_for(args)
     if is_thing_map is not None:
-        postprocessors["panoptic"] = PostProcessPanoptic(is_thing_map)
+        postprocessors["panoptic"] = PostProcessPanoptic(is_thing_map, threshold=args.panoptic_threshold)
     return model, postprocessors

@@ -66,6 +66,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--enc_n_points", default=4, type=int)
     # segmentation
     p.add_argument("--masks", action="store_true", help="train the segmentation head")
+    p.add_argument("--panoptic_threshold", default=0.3, type=float,
+                   help="panoptic inference keeps the queries whose best class score is above this")
 
 
 def _add_batchformer_args(p: argparse.ArgumentParser) -> None:

@@ -6,7 +6,6 @@ import io
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from datasets.panoptic_eval import rgb2id
@@ -63,20 +62,39 @@ def test_attention_map_matches_a_slow_reference():
     assert torch.all(out[1, :, :, :, 3:] == 0)
 
 
-def test_mask_head_split_conv_equals_conv_over_the_concatenation():
+def test_each_query_mask_depends_on_its_own_attention_maps_only():
     torch.manual_seed(0)
     head = MaskHeadFPN(hidden_dim=32, num_heads=2, c8=16, c4=8).double()
     memory = torch.randn(2, 32, 6, 7, dtype=torch.float64)
     attn = torch.rand(2, 3, 2, 6, 7, dtype=torch.float64)
-    # one conv on [memory ; attention maps] per query, the textbook form
-    weight = torch.cat([head.memory_conv.weight, head.attn_conv.weight], dim=1)
-    stacked = torch.cat([memory[:, None].expand(-1, 3, -1, -1, -1), attn], dim=2).flatten(0, 1)
-    expected = F.conv2d(stacked, weight, head.memory_conv.bias, padding=1).view(2, 3, -1, 6, 7)
-    got = head.attn_conv(attn.flatten(0, 1)).view(2, 3, -1, 6, 7) + head.memory_conv(memory)[:, None]
-    assert torch.allclose(got, expected, atol=1e-10)
-    out = head(memory, attn, torch.randn(2, 16, 6, 7, dtype=torch.float64),
-               torch.randn(2, 8, 11, 13, dtype=torch.float64))
+    feat8 = torch.randn(2, 16, 6, 7, dtype=torch.float64)
+    feat4 = torch.randn(2, 8, 11, 13, dtype=torch.float64)
+    out = head(memory, attn, feat8, feat4)
     assert out.shape == (2, 3, 11, 13)
+    for q in range(3):
+        alone = head(memory, attn[:, q : q + 1], feat8, feat4)
+        assert torch.allclose(out[:, q : q + 1], alone, atol=1e-12)
+
+
+def test_attention_maps_steer_the_masks_as_strongly_as_the_memory():
+    """Regression: under one norm of [memory ; attention], maps that are a softmax over thousands of
+    positions were ~1e-3 of the memory and every query of an image got the same mask."""
+    torch.manual_seed(0)
+    model, _, _ = _build()
+    model.eval()
+    seen = {}
+    model.mask_head.attn_conv.register_forward_hook(lambda mod, inp, out: seen.update(attn=inp[0]))
+    images = [torch.rand(3, 96, 128), torch.rand(3, 64, 96)]  # image 1 is padded
+    with torch.no_grad():
+        masks = model(images)["pred_masks"]  # (2, 5, 24, 32)
+    attn = seen["attn"].view(2, 5, 2, 12, 16)
+    # the maps come in units of the uniform weight: they average 1 over each image's own area
+    assert torch.allclose(attn[0].mean((-2, -1)), torch.ones(5, 2), atol=1e-5)
+    assert torch.allclose(attn[1, ..., :8, :12].mean((-2, -1)), torch.ones(5, 2), atol=1e-5)
+    # queries differ only by their attention maps, and their masks differ at the scale of the masks
+    between_queries = masks[0].std(0).mean()
+    within_a_mask = masks[0].flatten(1).std(1).mean()
+    assert between_queries > 0.2 * within_a_mask
 
 
 def test_two_streams_share_the_mask_head():
@@ -148,23 +166,27 @@ def _decode(result):
 def test_postprocess_panoptic_segments_never_overlap_and_stuff_merges():
     is_thing = {1: True, 2: True, 6: False, 7: False}
     torch.manual_seed(0)
-    q = 7
+    q = 8
     logits = torch.full((2, q, 9), -10.0)
-    # image 0: two things, two queries of stuff class 6 (merged), one tiny thing (filtered),
-    # one unconfident query and one of an unknown class (never output)
-    for i, c in enumerate([1, 2, 6, 6, 1]):
-        logits[0, i, c] = 3.0
-    logits[0, 5, 2] = -1.0
-    logits[0, 6, 8] = 5.0
-    masks = torch.randn(2, q, 8, 8)
-    masks[0, 0, 0:4, 0:4] += 20
-    masks[0, 1, 4:8, 4:8] += 20
-    masks[0, 2, 0:4, 4:8] += 20
-    masks[0, 3, 4:8, 0:4] += 20
-    masks[0, 4, 3, 3] += 40  # one stride-4 cell: about 8 x 8 px at the original size, below min_area
-    masks[0, 6] += 100
+    # image 0, on its 8 x 8 stride-4 grid: things 1 and 2 in two quadrants, stuff 6 from two queries
+    # (merged), a weaker duplicate of thing 1 reaching one row further (dropped: it wins 4 of its
+    # 20 cells), a one-cell thing (dropped: below min_area), an unconfident query and one of an
+    # unknown class (never output)
+    for i, (c, score) in enumerate([(1, 3.0), (2, 3.0), (6, 3.0), (6, 3.0), (1, 1.0), (2, 3.0), (2, -2.0)]):
+        logits[0, i, c] = score
+    logits[0, 7, 8] = 5.0
+    masks = torch.full((2, q, 8, 8), -10.0)
+    masks[0, 0, 0:4, 0:4] = 10
+    masks[0, 1, 4:8, 4:8] = 10
+    masks[0, 2, 0:4, 4:8] = 10
+    masks[0, 3, 5:8, 0:3] = 10
+    masks[0, 4, 0:5, 0:4] = 10
+    masks[0, 5, 7, 3] = 10  # one stride-4 cell: about 8 x 8 px at the original size
+    masks[0, 6] = 10
+    masks[0, 7] = 10
     logits[1, :, 7] = torch.linspace(0, 3, q)  # image 1: random masks, many stuff queries
-    post = PostProcessPanoptic(is_thing, threshold=0.5, min_area=100)
+    masks[1] = 4 * torch.randn(q, 8, 8)
+    post = PostProcessPanoptic(is_thing, threshold=0.3, min_area=100)
     processed = torch.tensor([[32, 32], [30, 28]])
     orig = torch.tensor([[64, 64], [45, 42]])
     results = post(_outputs(logits, masks), processed, orig)
@@ -180,10 +202,34 @@ def test_postprocess_panoptic_segments_never_overlap_and_stuff_merges():
         assert areas == dict(zip(present.tolist(), counts.tolist()))
         assert all(s["category_id"] in is_thing for s in res["segments_info"])
         assert all(s["area"] >= 100 for s in res["segments_info"])
-    cats = sorted(s["category_id"] for s in results[0]["segments_info"])
-    assert cats == [1, 2, 6]  # the stuff queries merged, the tiny thing dropped
-    assert (_decode(results[0]) > 0).all()  # its pixels went to the others
-    assert [s["category_id"] for s in results[1]["segments_info"]] == [7]
+    info = results[0]["segments_info"]
+    assert sorted(s["category_id"] for s in info) == [1, 2, 6]
+    assert {s["category_id"]: s["isthing"] for s in info} == {1: True, 2: True, 6: False}
+    ids = _decode(results[0])
+    cell = 8  # one stride-4 cell is 8 x 8 px at the original 64 x 64
+    by_cat = {s["category_id"]: s["id"] for s in info}
+    assert (ids[: 4 * cell - 2, : 4 * cell - 2] == by_cat[1]).all()  # thing 1 kept its whole mask
+    assert (ids[4 * cell + 2 : 5 * cell - 2, : 3 * cell] == 0).all()  # the duplicate's row is VOID
+    assert (ids[7 * cell + 2 :, 3 * cell + 2 : 4 * cell - 2] == 0).all()  # so is the tiny thing's cell
+    stuff = ids == by_cat[6]
+    assert stuff[: 4 * cell - 2, 4 * cell + 2 :].all() and stuff[5 * cell + 2 :, : 3 * cell - 2].all()
+    assert len(results[1]["segments_info"]) <= 1  # one stuff class: at most one segment
+    assert all(s["category_id"] == 7 for s in results[1]["segments_info"])
+
+
+def test_postprocess_panoptic_prefers_the_confident_query_where_masks_overlap():
+    logits = torch.full((1, 2, 3), -10.0)
+    logits[0, 0, 1], logits[0, 1, 2] = 0.5, 3.0  # query 1 is the more confident
+    masks = torch.full((1, 2, 4, 8), -10.0)
+    masks[0, 0, :, 0:5] = 10  # query 0 covers columns 0-4, query 1 columns 3-7
+    masks[0, 1, :, 3:8] = 10
+    post = PostProcessPanoptic({1: True, 2: True}, threshold=0.3, overlap=0.5, min_area=1)
+    res = post(_outputs(logits, masks), torch.tensor([[16, 32]]))[0]
+    ids, by_cat = _decode(res), {s["category_id"]: s["id"] for s in res["segments_info"]}
+    assert (ids[:, 13:] == by_cat[2]).all() and (ids[:, :11] == by_cat[1]).all()
+    assert res["segments_info"][0]["category_id"] == 2  # ids follow the scores
+    with pytest.raises(ValueError, match="--panoptic_threshold"):
+        PostProcessPanoptic({1: True}, threshold=1.5)
 
 
 def test_postprocess_panoptic_without_confident_queries_is_void():
