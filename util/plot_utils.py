@@ -14,8 +14,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-# The 12 COCOeval stats are logged as one list; mAP is its first entry (AP at IoU .50:.95).
-COCO_STATS_KEY = "test_coco_eval_bbox"
+# Evaluation-only fields: the log key of each and where its number sits. The 12 COCOeval stats are
+# logged as one list, mAP is its first entry (AP at IoU .50:.95); PQ is the "pq" of the panoptic
+# quality over all classes.
+TEST_ONLY_FIELDS: dict[str, tuple[str, int | str]] = {
+    "mAP": ("test_coco_eval_bbox", 0),
+    "PQ": ("test_PQ_all", "pq"),
+}
 
 
 def read_log(path: Path) -> list[dict]:
@@ -55,7 +60,8 @@ def ewm(values: Sequence[float], com: float) -> list[float]:
     return out
 
 
-def _series(rows: list[dict], key: str, index: int | None = None) -> tuple[list[float], list[float]]:
+def _series(rows: list[dict], key: str,
+            index: int | str | None = None) -> tuple[list[float], list[float]]:
     """(epochs, values) of a key across the log, skipping epochs where it is absent or not finite."""
     epochs, values = [], []
     for i, row in enumerate(rows):
@@ -76,7 +82,8 @@ def plot_logs(logs: Sequence[Path] | Path,
               ewm_col: float = 0, log_name: str = "log.txt", out: Path | None = None):
     """One subplot per field: train (solid) and test (dashed) curves of every run in `logs`.
 
-    logs: run folders (each holding `log_name`) or log files. `mAP` plots the first COCO stat.
+    logs: run folders (each holding `log_name`) or log files. `mAP` (the first COCO stat) and `PQ`
+    have test curves only.
     Writes the figure to `out` (PNG) if given; returns (figure, axes).
     """
     if isinstance(logs, (str, Path)):
@@ -97,7 +104,7 @@ def plot_logs(logs: Sequence[Path] | Path,
         color = colors[r % len(colors)]
         name = log.name if log.is_dir() else log.parent.name or log.name
         for ax, field in zip(axes, fields):
-            curves = ([("test", _series(rows, COCO_STATS_KEY, index=0))] if field == "mAP" else
+            curves = ([("test", _series(rows, *TEST_ONLY_FIELDS[field]))] if field in TEST_ONLY_FIELDS else
                       [("train", _series(rows, f"train_{field}")), ("test", _series(rows, f"test_{field}"))])
             for split, (epochs, values) in curves:
                 if not values:

@@ -15,6 +15,7 @@ def _write_log(folder, epochs=4):
             "train_class_error": 50.0 / (e + 1), "test_class_error": 60.0 / (e + 1),
             "train_loss_bbox_unscaled": 0.3 - 0.05 * e, "test_loss_bbox_unscaled": 0.35 - 0.05 * e,
             "test_coco_eval_bbox": [0.1 * e] + [0.0] * 11, "epoch": e, "n_parameters": 10,
+            "test_PQ_all": {"pq": 0.2 * e, "sq": 0.5, "rq": 0.4 * e, "n": 8},
         }))
     (folder / "log.txt").write_text("\n".join(lines) + "\n")
     return folder
@@ -33,6 +34,12 @@ def test_plot_logs_writes_png(tmp_path):
     xs, ys = axes[2].lines[0].get_data()
     assert list(xs) == [0, 1, 2, 3]
     assert list(ys) == pytest.approx(ewm([0.0, 0.1, 0.2, 0.3], 1))
+
+
+def test_plot_logs_panoptic_quality(tmp_path):
+    _, axes = plot_logs([_write_log(tmp_path / "run")], fields=("PQ",))
+    assert len(axes[0].lines) == 1  # test only
+    assert list(axes[0].lines[0].get_data()[1]) == pytest.approx([0.0, 0.2, 0.4, 0.6])
 
 
 def test_ewm_against_weighted_mean():
