@@ -5,5 +5,6 @@
 # evaluation (PQ, box and mask AP) every 4 epochs; about 7 minutes on two cores. Extra flags go to
 # main.py.
 set -e
+export EXP_DIR="${EXP_DIR:-exps/demo_panoptic}"
 exec sh "$(dirname "$0")/toy_demo.sh" --dataset_file toy_panoptic --masks \
     --epochs 16 --lr_drop 12 --eval_every 4 "$@"

@@ -1,5 +1,6 @@
 """tools/launch.py, run_dist_launch.sh (with sh and directly), run_dist_slurm.sh and the configs."""
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -47,10 +48,12 @@ def test_run_dist_launch_works_with_sh_and_directly(tmp_path, direct):
 
 
 def test_launch_second_node_ranks(tmp_path):
+    # One write per line: under PYTHONUNBUFFERED, print() writes its pieces one by one and the
+    # three children's lines would interleave in the shared pipe.
     child = _script(tmp_path / "print_env.py",
-                    "import os, sys\nprint('ENV', *(f'{k}={os.environ[k]}' for k in "
+                    "import os, sys\nsys.stdout.write(' '.join(['ENV', *(f'{k}={os.environ[k]}' for k in "
                     "('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR')),\n"
-                    "      'ARGS=' + ','.join(sys.argv[1:]))\n")
+                    "      'ARGS=' + ','.join(sys.argv[1:])]) + '\\n')\n")
     out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "launch.py"), "--nnodes", "2",
                           "--node_rank", "1", "--master_addr", "10.1.2.3", "--master_port", "29612",
                           "--nproc_per_node", "3", child, "--eval"],
@@ -114,12 +117,21 @@ def test_every_config_is_executable_and_parses():
 
     names = [f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".sh")]
     assert set(CONFIGS) <= {n[:-3] for n in names}
+
+    def flags_of(name: str) -> list[str]:
+        """The flags a config gives main.py: its own, after those of a config it runs."""
+        text = open(os.path.join(ROOT, "configs", name)).read()
+        if '--output_dir "$EXP_DIR"' in text:
+            base, own = [], text.split('--output_dir "$EXP_DIR"', 1)[1]
+        else:  # a variant that runs another config with more flags
+            inner = re.search(r'"\$\(dirname "\$0"\)/([\w.]+\.sh)"(.*)', text, re.S)
+            assert inner, f"{name} neither runs main.py with --output_dir \"$EXP_DIR\" nor another config"
+            base, own = flags_of(inner.group(1)), inner.group(2)
+        return base + [f for f in own.split('"$@"')[0].split() if f != "\\"]
+
     for n in names:
-        path = os.path.join(ROOT, "configs", n)
-        assert os.access(path, os.X_OK), f"{n} is not executable"
-        text = open(path).read()
-        flags = [f for f in text.split('--output_dir "$EXP_DIR"', 1)[1].split('"$@"')[0].split() if f != "\\"]
-        get_args_parser().parse_args(flags)  # every flag a config passes exists
+        assert os.access(os.path.join(ROOT, "configs", n), os.X_OK), f"{n} is not executable"
+        get_args_parser().parse_args(flags_of(n))  # every flag a config passes exists
 
 
 def test_readme_command_chain_reaches_main_on_every_rank(tmp_path):
