@@ -1,24 +1,29 @@
-"""Draw a checkpoint's detections on images and save them as PNG.
+"""Draw a checkpoint's detections (and, for a panoptic model, its segments) on images, as PNG.
 
     python tools/visualize.py exps/demo/checkpoint.pth --num_images 4 --output_dir exps/demo/detections
     python tools/visualize.py ckpt.pth --images a.jpg b.jpg --threshold 0.5 --device cpu
 
 The model is rebuilt from the ``args`` stored in the checkpoint (its flags can be overridden after
 ``--``, e.g. ``-- --dataset_file toy``). Without ``--images`` the first images of the validation
-split of the checkpoint's data set are drawn, with the data set's category names.
+split of the checkpoint's data set are drawn, with the data set's category names. A model trained
+with ``--masks`` on a panoptic data set also gets ``<image>_panoptic.png``: every segment of its
+panoptic prediction blended over the image in its own colour.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 
+import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from datasets.panoptic_eval import rgb2id  # noqa: E402
 from util.args import get_args_parser  # noqa: E402
 from util.checkpoint import CheckpointError, load_checkpoint, load_model_state  # noqa: E402
 from util.misc import nested_tensor_from_tensor_list  # noqa: E402
@@ -86,6 +91,22 @@ def draw(image: Image.Image, result: dict, threshold: float,
     return image, int(keep.sum())
 
 
+def draw_panoptic(image: Image.Image, result: dict, alpha: float = 0.55) -> Image.Image:
+    """The segments of a ``PostProcessPanoptic`` result (PNG of ids at the image's size) blended
+    over ``image``, one palette colour per segment; VOID pixels are left as they are."""
+    with Image.open(io.BytesIO(result["png_string"])) as png:
+        ids = rgb2id(np.asarray(png.convert("RGB")))
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    if ids.shape != pixels.shape[:2]:
+        raise ValueError(f"draw_panoptic: segment ids of size {ids.shape} for an image of size "
+                         f"{pixels.shape[:2]}")
+    for seg in result["segments_info"]:
+        where = ids == seg["id"]
+        colour = np.asarray(PALETTE[(seg["id"] - 1) % len(PALETTE)], dtype=np.float32)
+        pixels[where] = (1 - alpha) * pixels[where] + alpha * colour
+    return Image.fromarray(pixels.round().astype(np.uint8))
+
+
 def _load_image(path: str, size: int) -> tuple[torch.Tensor, Image.Image]:
     try:
         pil = Image.open(path).convert("RGB")
@@ -121,6 +142,8 @@ def main(argv: list[str] | None = None) -> list[str]:
         dataset = build_dataset("val", args)
         coco = get_coco_api_from_dataset(dataset)
         names = {c["id"]: c["name"] for c in coco.dataset.get("categories", [])}
+        # a panoptic data set also names its stuff classes, which instance annotations leave out
+        names.update({i: c["name"] for i, c in getattr(dataset, "categories", {}).items()})
         items = []
         for i in range(min(opts.num_images, len(dataset))):
             image, target = dataset[i]
@@ -138,6 +161,12 @@ def main(argv: list[str] | None = None) -> list[str]:
             drawn.save(path)
             written.append(path)
             print(f"{path}: {n} detections >= {opts.threshold}", flush=True)
+            if "panoptic" in postprocessors:
+                panoptic = postprocessors["panoptic"](outputs, size, size)[0]
+                path = os.path.join(opts.output_dir, f"{stem}_panoptic.png")
+                draw_panoptic(pil, panoptic).save(path)
+                written.append(path)
+                print(f"{path}: {len(panoptic['segments_info'])} segments", flush=True)
     return written
 
 

@@ -1,6 +1,8 @@
 """tools/visualize.py: detections drawn where they are, only above the threshold, from a checkpoint."""
 import argparse
 
+import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -41,3 +43,37 @@ def test_main_draws_checkpoint_detections_on_images(tmp_path):
     assert out.size == (77, 64)  # shorter side resized to --image_size
     colours = {c for _, c in out.convert("RGB").getcolors(maxcolors=1 << 16)}
     assert colours & set(visualize.PALETTE), "with --threshold 0 every query's box is drawn"
+
+
+def test_draw_panoptic_colours_each_segment_and_leaves_void():
+    from datasets.panoptic_eval import png_bytes
+
+    ids = np.zeros((6, 8), np.int64)
+    ids[:, :3], ids[:, 5:] = 1, 2  # columns 3-4 are VOID
+    result = {"png_string": png_bytes(ids), "segments_info": [{"id": 1, "category_id": 7},
+                                                              {"id": 2, "category_id": 1}]}
+    image = Image.new("RGB", (8, 6), (100, 100, 100))
+    drawn = visualize.draw_panoptic(image, result, alpha=0.5)
+    for x, seg in ((0, 1), (6, 2)):
+        expected = tuple(round(0.5 * 100 + 0.5 * c) for c in visualize.PALETTE[seg - 1])
+        assert drawn.getpixel((x, 2)) == expected
+    assert drawn.getpixel((3, 2)) == (100, 100, 100)
+    with pytest.raises(ValueError, match="draw_panoptic"):
+        visualize.draw_panoptic(Image.new("RGB", (9, 6)), result)
+
+
+def test_main_draws_panoptic_segments_of_a_masks_model(tmp_path):
+    from models import build_model
+
+    flags = [f if f != "toy" else "toy_panoptic" for f in TINY]
+    flags[flags.index("--num_feature_levels") + 1] = "3"
+    args = argparse.ArgumentParser(parents=[get_args_parser()]).parse_args(flags + ["--masks"])
+    model, _, _ = build_model(args)
+    ckpt = tmp_path / "checkpoint.pth"
+    torch.save({"model": model.state_dict(), "epoch": 0, "args": args}, ckpt)
+    image = tmp_path / "scene.jpg"
+    Image.new("RGB", (96, 80), (30, 120, 30)).save(image)
+    written = visualize.main([str(ckpt), "--images", str(image), "--image_size", "64",
+                              "--output_dir", str(tmp_path / "out")])
+    assert written == [str(tmp_path / "out" / "scene.png"), str(tmp_path / "out" / "scene_panoptic.png")]
+    assert Image.open(written[1]).size == (77, 64)
