@@ -230,6 +230,8 @@ def test_postprocess_panoptic_prefers_the_confident_query_where_masks_overlap():
     assert res["segments_info"][0]["category_id"] == 2  # ids follow the scores
     with pytest.raises(ValueError, match="--panoptic_threshold"):
         PostProcessPanoptic({1: True}, threshold=1.5)
+    _, _, postprocessors = _build("--panoptic_threshold", "0.45")
+    assert postprocessors["panoptic"].threshold == 0.45
 
 
 def test_postprocess_panoptic_without_confident_queries_is_void():
