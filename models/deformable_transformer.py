@@ -371,6 +371,19 @@ class DeformableTransformer(nn.Module):
         layers = {i: self.bf if self.share_bf else self.bf[str(i)] for i in self.bf_indices}
         return BatchFormerPlan(layers, two_stream=self.training)
 
+    def _initial_reference_points(self, query_pos: Tensor) -> Tensor:
+        """sigmoid(reference_points(query_pos)) (B, Q, C) -> (B, Q, 2), in at least float32.
+
+        Under float16 autocast the points would be float16, where 1 - x keeps two significant digits
+        near the right/bottom edge: the gradient of inverse_sigmoid (1 / (x (1 - x))) downstream then
+        overflows at GradScaler's scale for a point within ~0.3 % of the edge, and every step is
+        skipped. bfloat16 would round such a point to 1. Outside autocast this is the plain layer.
+        """
+        dtype = torch.promote_types(query_pos.dtype, torch.float32)
+        weight, bias = self.reference_points.weight, self.reference_points.bias
+        with torch.autocast(query_pos.device.type, enabled=False):
+            return F.linear(query_pos.to(dtype), weight.to(dtype), bias.to(dtype)).sigmoid()
+
     def get_proposal_pos_embed(self, proposals: Tensor) -> Tensor:
         """Sine embedding of box logits (B, Q, 4) -> (B, Q, 2C): d_model / 2 features per coordinate."""
         num_pos_feats = self.d_model // 2
@@ -488,7 +501,7 @@ class DeformableTransformer(nn.Module):
             query_pos, tgt = torch.split(query_embed, c, dim=1)
             query_pos = query_pos[None].expand(bs, -1, -1)
             tgt = tgt[None].expand(bs, -1, -1)
-            reference_points = self.reference_points(query_pos).sigmoid()
+            reference_points = self._initial_reference_points(query_pos)
         init_reference = reference_points
 
         hs, inter_references = self.decoder(

@@ -226,3 +226,67 @@ def test_initialisation():
     assert t.bf.linear1.weight.abs().max() > 1 / 16
     assert t.encoder.layers[0].linear1.weight.abs().max() > 1 / 16
     assert t.level_embed.std() > 0.8  # standard normal
+
+
+def _edge_query(t, n_queries=5):
+    """A query embedding whose reference points sit 0.25 % inside the right/bottom edge, where
+    float16 keeps two significant digits of 1 - x."""
+    query = torch.randn(n_queries, 64)
+    with torch.no_grad():
+        t.reference_points.weight.zero_()
+        t.reference_points.bias.fill_(6.0)  # sigmoid(6) = 0.99753
+    return query
+
+
+def test_one_stage_reference_points_in_float32_are_unchanged():
+    """Without autocast the reference points are exactly sigmoid(Linear(query_pos)) in float32, and the
+    decoder sees them bit for bit; a float64 recomputation agrees to float32 precision."""
+    torch.manual_seed(3)
+    t = _transformer()
+    srcs, masks, pos = _inputs()
+    query = torch.randn(5, 64)
+    out = t.forward_features(srcs, masks, pos, query)
+    query_pos = query[:, :32][None].expand(2, -1, -1)
+    expected = nn.functional.linear(query_pos, t.reference_points.weight, t.reference_points.bias).sigmoid()
+    assert out.init_reference.dtype == torch.float32 and torch.equal(out.init_reference, expected)
+    w64, b64 = t.reference_points.weight.double(), t.reference_points.bias.double()
+    torch.testing.assert_close(out.init_reference.double(), torch.sigmoid(query_pos.double() @ w64.T + b64))
+    hs, _ = t.decoder(query[:, 32:][None].expand(2, -1, -1), expected, out.memory, out.spatial_shapes,
+                      out.level_start_index, out.valid_ratios, query_pos, out.mask_flatten)
+    assert torch.equal(out.hs, hs)
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_one_stage_reference_points_survive_float16_autocast_near_the_edge(refine):
+    """Under float16 autocast (and GradScaler's initial scale 2**16) the gradient through
+    inverse_sigmoid of a point near the edge stayed finite only if the points are float32."""
+    torch.manual_seed(4)
+    t = _transformer()
+    if refine:
+        _attach_heads(t, 3)
+    srcs, masks, pos = _inputs()
+    query = _edge_query(t)
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert t.reference_points(query[:, :32]).dtype == torch.float16  # autocast is really on
+        out = t.forward_features(srcs, masks, pos, query)
+        # what the detection head does with the initial reference (models.deformable_detr._apply_reference)
+        loss = inverse_sigmoid(out.init_reference).mean() + out.hs.float().mean()
+    (loss * 2.0**16).backward()
+    assert t.reference_points.bias.grad.isfinite().all(), "GradScaler would skip this step"
+    assert all(p.grad.isfinite().all() for p in t.parameters() if p.grad is not None)
+    assert out.init_reference.dtype == torch.float32 and out.inter_references.dtype == torch.float32
+    torch.testing.assert_close(out.init_reference, torch.full_like(out.init_reference, 6.0).sigmoid())
+
+
+def test_two_stage_reference_points_are_float32_under_float16_autocast():
+    torch.manual_seed(5)
+    t = _transformer(two_stage=True)
+    _attach_heads(t, 4)
+    srcs, masks, pos = _inputs()
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = t.forward_features(srcs, masks, pos)
+        loss = inverse_sigmoid(out.init_reference).mean() + out.hs.float().mean()
+    assert out.init_reference.dtype == torch.float32 and out.inter_references.dtype == torch.float32
+    assert out.enc_outputs_coord_unact.dtype == torch.float32
+    (loss * 2.0**16).backward()
+    assert all(p.grad.isfinite().all() for p in t.parameters() if p.grad is not None)
