@@ -83,6 +83,34 @@ def build_loaders(dataset_train, dataset_val, args) -> tuple[DataLoader | None, 
     return loader_train, loader_val
 
 
+def _lr_factor(scheduler, epoch: int) -> float:
+    """How much the lr of ``epoch`` is dropped by ``scheduler``'s schedule (StepLR or MultiStepLR)."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR):
+        drops = sum(n for milestone, n in scheduler.milestones.items() if milestone <= epoch)
+    else:
+        drops = epoch // scheduler.step_size if scheduler.step_size > 0 else 0
+    return scheduler.gamma ** drops
+
+
+def _resume_schedule(optimizer: torch.optim.Optimizer, scheduler, saved_scheduler: dict) -> None:
+    """Continue at the saved position with the lrs and the schedule of the current command line.
+
+    As in the public code (its "decrease lr in advance"): ``optimizer`` and ``scheduler`` are built
+    from the command line, so each group's lr, the step size or milestones and the base lrs come
+    from there; the checkpoint contributes only how many epochs the schedule has run. The lr of the
+    resumed epoch is then recomputed, so that a run resumed past a new drop starts dropped. Must be
+    called after ``optimizer.load_state_dict``, which replaces the groups' lrs by the saved ones.
+    """
+    fresh = scheduler.state_dict()
+    last_epoch = int(saved_scheduler["last_epoch"])
+    factor = _lr_factor(scheduler, last_epoch)
+    lrs = [base_lr * factor for base_lr in fresh["base_lrs"]]
+    for group, base_lr, lr in zip(optimizer.param_groups, fresh["base_lrs"], lrs):
+        group["initial_lr"], group["lr"] = base_lr, lr
+    scheduler.load_state_dict({**fresh, "last_epoch": last_epoch, "_last_lr": lrs,
+                               "_step_count": saved_scheduler.get("_step_count", last_epoch + 1)})
+
+
 def _check_device(args) -> torch.device:
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
@@ -114,14 +142,13 @@ def _resume(args, model, optimizer, scheduler, scaler) -> None:
             "(it was trained with a different configuration, or different --lr_backbone_names / "
             "--lr_linear_proj_names / --lr_backbone); resuming would mix up the optimizer's moments")
     optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["lr_scheduler"])
-    if isinstance(scheduler, torch.optim.lr_scheduler.StepLR):
-        # The command line decides when the lr drops, as in the public code.
-        scheduler.step_size = args.lr_drop
+    _resume_schedule(optimizer, scheduler, checkpoint["lr_scheduler"])
     if scaler is not None and "scaler" in checkpoint:
         scaler.load_state_dict(checkpoint["scaler"])
     args.start_epoch = checkpoint["epoch"] + 1
-    print(f"Resumed from {args.resume} at epoch {args.start_epoch}", flush=True)
+    lrs = ", ".join(f"{g['lr']:.3g}" for g in optimizer.param_groups)
+    print(f"Resumed from {args.resume} at epoch {args.start_epoch} (group lrs {lrs}, from the command line)",
+          flush=True)
 
 
 def _write_json(path: str, obj) -> None:

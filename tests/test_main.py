@@ -87,3 +87,57 @@ def test_cuda_device_without_cuda_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="--device cuda: CUDA is not available"):
         main_module.main(_parse())
+
+
+def _checkpoint_after(path, epochs_done: int, *flags) -> str:
+    """A checkpoint of _Detector written after ``epochs_done`` epochs of a run with ``flags``."""
+    args = _parse(*flags)
+    model = _Detector()
+    opt, sched = main_module.build_optimizer(model, args)
+    for _ in range(epochs_done):
+        opt.step()
+        sched.step()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "lr_scheduler": sched.state_dict(), "epoch": epochs_done - 1, "args": args}, path)
+    return str(path)
+
+
+def _resumed_lrs(ckpt: str, *flags, later_epochs: int = 0) -> list[float]:
+    """Group lrs of the first resumed epoch (or ``later_epochs`` epochs after it)."""
+    args = _parse("--resume", ckpt, *flags)
+    model = _Detector()
+    opt, sched = main_module.build_optimizer(model, args)
+    main_module._resume(args, model, opt, sched, None)
+    for _ in range(later_epochs):
+        opt.step()
+        sched.step()
+    return [g["lr"] for g in opt.param_groups]
+
+
+def test_resume_takes_lr_drop_from_the_command_line(tmp_path):
+    # Stopped after epoch 28 of a --lr_drop 40 run; resumed with --lr_drop 25: epoch 29 is past the drop.
+    ckpt = _checkpoint_after(tmp_path / "c.pth", 29, "--lr_drop", "40")
+    assert _resumed_lrs(ckpt, "--lr_drop", "40") == pytest.approx([2e-4, 2e-5, 2e-5])
+    assert _resumed_lrs(ckpt, "--lr_drop", "25") == pytest.approx([2e-5, 2e-6, 2e-6])
+    # ... and the schedule goes on from there: the second drop comes at epoch 50.
+    assert _resumed_lrs(ckpt, "--lr_drop", "25", later_epochs=20) == pytest.approx([2e-5, 2e-6, 2e-6])
+    assert _resumed_lrs(ckpt, "--lr_drop", "25", later_epochs=21) == pytest.approx([2e-6, 2e-7, 2e-7])
+
+
+def test_resume_takes_lr_from_the_command_line(tmp_path):
+    ckpt = _checkpoint_after(tmp_path / "c.pth", 29, "--lr_drop", "40")
+    lrs = _resumed_lrs(ckpt, "--lr", "1e-4", "--lr_backbone", "3e-5", "--lr_linear_proj_mult", "0.5")
+    assert lrs == pytest.approx([1e-4, 3e-5, 5e-5])
+    # Already past a drop when resumed: the new lrs come dropped.
+    ckpt = _checkpoint_after(tmp_path / "d.pth", 45, "--lr_drop", "40")
+    assert _resumed_lrs(ckpt, "--lr", "1e-4") == pytest.approx([1e-5, 2e-6, 1e-6])
+
+
+@pytest.mark.parametrize("saved", [["--lr_drop_epochs", "30", "40"], ["--lr_drop", "40"]])
+def test_resume_takes_lr_drop_epochs_from_the_command_line(tmp_path, saved):
+    ckpt = _checkpoint_after(tmp_path / "c.pth", 29, *saved)
+    flags = ["--lr_drop_epochs", "20", "35"]
+    assert _resumed_lrs(ckpt, *flags) == pytest.approx([2e-5, 2e-6, 2e-6])
+    assert _resumed_lrs(ckpt, *flags, later_epochs=5) == pytest.approx([2e-5, 2e-6, 2e-6])
+    assert _resumed_lrs(ckpt, *flags, later_epochs=6) == pytest.approx([2e-6, 2e-7, 2e-7])
+    assert _resumed_lrs(ckpt, *flags, later_epochs=20) == pytest.approx([2e-6, 2e-7, 2e-7])
