@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -14,9 +15,25 @@ from util.logger import MetricLogger, SmoothedValue
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
+# What the progress lines show unless print_all_terms: the loss and the main terms of the last
+# decoder layer (the keys without a layer suffix). Every term still reaches the returned stats.
+PROGRESS_TERMS = ("lr", "loss", "loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice", "class_error",
+                  "grad_norm")
+
+# --amp fp16: GradScaler skips a step whose gradients overflow and lowers the scale; a few skips are
+# normal, a long run of them means training has broken down.
+MAX_CONSECUTIVE_SKIPS = 100
+
+# Consecutive skipped steps per GradScaler: a run of skips may span an epoch boundary.
+_consecutive_skips: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became inf or NaN; training must stop before the weights are corrupted."""
+
+
+class UnusedParametersError(RuntimeError):
+    """Trainable parameters got no gradient, which DistributedDataParallel cannot handle by default."""
 
 
 def autocast(device: torch.device, amp: str | None):
@@ -50,45 +67,107 @@ def _limited(iterable: Iterable, limit: int) -> Iterator:
         yield item
 
 
-def _check_finite(loss_dict: dict[str, Tensor], weight_dict: dict[str, float], total: float) -> None:
-    if math.isfinite(total):
-        return
-    bad = sorted(k for k, v in loss_dict.items() if not math.isfinite(float(v.detach())))
-    weighted = sorted(k for k in bad if k in weight_dict)
-    shown = ", ".join(f"{k}={float(loss_dict[k].detach())}" for k in (weighted or bad))
-    raise NonFiniteLossError(
-        f"loss is {total}, stopping training; non-finite terms: {shown or 'none (overflow in the sum)'}. "
-        "The last checkpoint written is the last good one. Try a lower --lr, --clip_max_norm, "
-        "or training without --amp fp16."
-    )
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _params_without_grad(model: nn.Module) -> list[str]:
+    return [n for n, p in _unwrap(model).named_parameters() if p.requires_grad and p.grad is None]
+
+
+def _unused_message(names: list[str], when: str) -> str:
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    where = f"{len(names)} trainable parameter(s) got no gradient {when}: {shown}" if names else (
+        f"trainable parameters got no gradient {when} on another process")
+    return (f"{where}. DistributedDataParallel cannot train a model with parameters outside the loss unless "
+            "told to look for them every step: pass --find_unused_parameters (slower), or freeze those "
+            "parameters (requires_grad=False).")
+
+
+def _forward(model: nn.Module, samples, device: torch.device, amp: str | None):
+    try:
+        with autocast(device, amp):
+            return model(samples)
+    except RuntimeError as e:
+        # DDP without find_unused_parameters notices a parameter left out of the previous step's loss
+        # only here, at the next forward; the previous step's gradients are still in place.
+        if "find_unused_parameters" not in str(e):
+            raise
+        names = _params_without_grad(model)
+        raise UnusedParametersError(_unused_message(names, "in the previous step")) from e
+
+
+def _grad_norm(params: list[Tensor], max_norm: float) -> Tensor:
+    """Total gradient norm (before clipping); clips to max_norm when it is positive."""
+    if max_norm > 0:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    grads = [p.grad.detach().norm() for p in params if p.grad is not None]
+    return torch.stack(grads).norm() if grads else torch.zeros(())
+
+
+def _non_finite_terms(terms: dict[str, float], weight_dict: dict[str, float]) -> str:
+    bad = sorted(k for k, v in terms.items() if not math.isfinite(v))
+    weighted = [k for k in bad if k in weight_dict]
+    return ", ".join(f"{k}={terms[k]}" for k in (weighted or bad)) or "none (overflow in the sum)"
+
+
+def _what_was_not_finite(loss: float, terms: dict[str, float], weight_dict: dict[str, float],
+                         grad_norm: float) -> str:
+    if not math.isfinite(loss):
+        return f"loss is {loss}; non-finite terms: {_non_finite_terms(terms, weight_dict)}"
+    return f"gradients not finite (total norm {grad_norm}) although the loss ({loss:.4f}) is"
+
+
+def _log_terms(logger: MetricLogger, loss: float, terms: dict[str, float],
+               weight_dict: dict[str, float]) -> None:
+    """The public log names: ``loss_ce`` weighted, ``loss_ce_unscaled`` raw; ``class_error`` as is."""
+    logger.update(loss=loss, **{k: v * weight_dict[k] for k, v in terms.items() if k in weight_dict},
+                  **{f"{k}_unscaled": v for k, v in terms.items()})
+    if "class_error" in terms:
+        logger.update(class_error=terms["class_error"])
+
+
+_ADVICE = ("The last checkpoint written is the last good one. Try a lower --lr, --clip_max_norm, "
+           "or training without --amp fp16.")
 
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable,
                     optimizer: torch.optim.Optimizer, device: torch.device, epoch: int,
                     max_norm: float = 0, print_freq: int = 10, max_iters: int = 0,
-                    amp: str | None = None, scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
-    """One pass over ``data_loader`` (or its first ``max_iters`` batches); returns epoch averages."""
+                    amp: str | None = None, scaler: torch.amp.GradScaler | None = None, *,
+                    find_unused_parameters: bool = False, print_all_terms: bool = False,
+                    max_consecutive_skips: int = MAX_CONSECUTIVE_SKIPS) -> dict[str, float]:
+    """One pass over ``data_loader`` (or its first ``max_iters`` batches); returns epoch averages.
+
+    The returned stats use the public log names: ``loss_ce`` is the weighted term, ``loss_ce_unscaled``
+    the raw one. Without ``scaler`` a non-finite loss or gradient stops training before the update
+    (NonFiniteLossError). With ``scaler`` (``--amp fp16``) such a step is skipped, as GradScaler
+    intends, and counted (``amp_skipped_steps``); it enters no average. Training stops only after
+    ``max_consecutive_skips`` skipped steps in a row.
+
+    After the first backward pass every trainable parameter must have a gradient, unless
+    ``find_unused_parameters`` (or the DDP model was built with it): DDP without that option would
+    fail at the next step with an error that names neither the parameters nor the flag.
+    """
     model.train()
     criterion.train()
-    logger = MetricLogger(delimiter="  ")
+    logger = MetricLogger(delimiter="  ", shown=None if print_all_terms else PROGRESS_TERMS)
     logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
     logger.add_meter("class_error", SmoothedValue(window_size=1, fmt="{value:.2f}"))
     logger.add_meter("grad_norm", SmoothedValue(window_size=1, fmt="{value:.2f}"))
     total = len(data_loader) if not max_iters else min(max_iters, len(data_loader))
     weight_dict = criterion.weight_dict
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    check_unused = not (find_unused_parameters or getattr(model, "find_unused_parameters", False))
+    skipped = 0
     batches = _limited(DataPrefetcher(data_loader, device, prefetch=True), max_iters)
-    for samples, targets in logger.log_every(batches, print_freq, f"Epoch: [{epoch}]", total=total):
-        with autocast(device, amp):
-            outputs = model(samples)
+    for i, (samples, targets) in enumerate(logger.log_every(batches, print_freq, f"Epoch: [{epoch}]",
+                                                            total=total)):
+        outputs = _forward(model, samples, device, amp)
         loss_dict = criterion(to_float32(outputs), targets)
         losses = sum(loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict)
-
-        # The same numbers on every rank, so that every rank stops together on a bad loss.
+        # The same numbers on every rank, so that every rank skips or stops together.
         loss_dict_reduced = reduce_dict(loss_dict)
-        scaled = {f"{k}_scaled": v * weight_dict[k] for k, v in loss_dict_reduced.items() if k in weight_dict}
-        unscaled = {f"{k}_unscaled": v for k, v in loss_dict_reduced.items()}
-        loss_value = sum(scaled.values()).item()
-        _check_finite(loss_dict_reduced, weight_dict, loss_value)
 
         optimizer.zero_grad()
         if scaler is not None:
@@ -96,39 +175,72 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
             scaler.unscale_(optimizer)
         else:
             losses.backward()
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        if max_norm > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        else:
-            grads = [p.grad.detach().norm() for p in params if p.grad is not None]
-            grad_norm = torch.stack(grads).norm() if grads else torch.zeros(())
-        if scaler is not None:
+        if check_unused:
+            names = _params_without_grad(model)
+            if names:
+                raise UnusedParametersError(_unused_message(names, "in the first step"))
+            check_unused = False
+        grad_norm = _grad_norm(params, max_norm)
+
+        # The step's one wait for the device: every logged number comes back in a single copy.
+        names = list(loss_dict_reduced)
+        values = torch.stack([*(loss_dict_reduced[k].detach().float().to(grad_norm.device) for k in names),
+                              grad_norm.detach().float()]).tolist()
+        terms, grad_norm_value = dict(zip(names, values[:-1])), values[-1]
+        loss_value = sum(terms[k] * weight_dict[k] for k in names if k in weight_dict)
+        finite = math.isfinite(loss_value) and math.isfinite(grad_norm_value)
+        if scaler is None:
+            if not finite:
+                what = _what_was_not_finite(loss_value, terms, weight_dict, grad_norm_value)
+                raise NonFiniteLossError(f"{what}; stopping training. {_ADVICE}")
+            optimizer.step()
+        elif finite:
             scaler.step(optimizer)
             scaler.update()
+            _consecutive_skips[scaler] = 0
         else:
-            optimizer.step()
+            skipped += 1
+            in_a_row = _consecutive_skips[scaler] = _consecutive_skips.get(scaler, 0) + 1
+            what = _what_was_not_finite(loss_value, terms, weight_dict, grad_norm_value)
+            if in_a_row >= max_consecutive_skips:
+                raise NonFiniteLossError(f"--amp fp16: {in_a_row} consecutive steps skipped, stopping "
+                                         f"training; the last: {what}. {_ADVICE}")
+            # update() without step(): the scale drops if the gradients overflowed, the weights stay.
+            scaler.update()
+            print(f"Epoch: [{epoch}] iteration {i}: --amp fp16 step skipped ({what}); {skipped} skipped "
+                  "this epoch", flush=True)
 
-        logger.update(loss=loss_value, **scaled, **unscaled)
-        if "class_error" in loss_dict_reduced:
-            logger.update(class_error=loss_dict_reduced["class_error"])
-        logger.update(lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm)
+        if math.isfinite(loss_value):
+            _log_terms(logger, loss_value, terms, weight_dict)
+        if finite:
+            logger.update(grad_norm=grad_norm_value)
+        logger.update(lr=optimizer.param_groups[0]["lr"])
     logger.synchronize_between_processes()
     print("Averaged stats:", logger, flush=True)
-    return {k: meter.global_avg for k, meter in logger.meters.items() if meter.count}
+    stats = {k: meter.global_avg for k, meter in logger.meters.items() if meter.count}
+    if scaler is not None:
+        stats["amp_skipped_steps"] = skipped
+        if skipped:
+            print(f"--amp fp16: {skipped} of {total} steps skipped in epoch {epoch} "
+                  "(loss or gradients not finite)", flush=True)
+    return stats
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_loader: Iterable,
              base_ds, device: torch.device, output_dir: str = "", print_freq: int = 10,
-             max_iters: int = 0, amp: str | None = None, eval_backend: str = "pycocotools"):
+             max_iters: int = 0, amp: str | None = None, eval_backend: str = "pycocotools",
+             print_all_terms: bool = False):
     """Losses and COCO box AP on ``data_loader``; the predictions of every rank are merged first.
 
-    Returns (stats, coco_evaluator): stats holds the averaged losses and ``coco_eval_bbox`` (the 12
-    COCOeval numbers); coco_evaluator is None when the postprocessors have no 'bbox' entry.
+    Returns (stats, coco_evaluator): stats holds the averaged losses (public names, as in training),
+    ``coco_eval_bbox`` and, with a mask head, ``coco_eval_masks`` (the 12 COCOeval numbers each);
+    coco_evaluator is None without COCO ground truth. A batch whose loss is not finite (possible
+    under --amp fp16) is left out of the loss averages, so that the stats stay valid JSON.
     """
     model.eval()
     criterion.eval()
-    logger = MetricLogger(delimiter="  ")
+    logger = MetricLogger(delimiter="  ", shown=None if print_all_terms else PROGRESS_TERMS)
     logger.add_meter("class_error", SmoothedValue(window_size=1, fmt="{value:.2f}"))
     iou_types = tuple(k for k in ("segm", "bbox") if k in postprocessors)
     # COCO panoptic without instance annotations has no COCO ground truth: PQ only.
@@ -141,17 +253,20 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
         panoptic_evaluator = build_panoptic_evaluator(data_loader, output_dir)
     weight_dict = criterion.weight_dict
     total = len(data_loader) if not max_iters else min(max_iters, len(data_loader))
+    non_finite = 0
     batches = _limited(DataPrefetcher(data_loader, device, prefetch=True), max_iters)
     for samples, targets in logger.log_every(batches, print_freq, "Test:", total=total):
         with autocast(device, amp):
             outputs = model(samples)
         outputs = to_float32(outputs)
         loss_dict_reduced = reduce_dict(criterion(outputs, targets))
-        scaled = {f"{k}_scaled": v * weight_dict[k] for k, v in loss_dict_reduced.items() if k in weight_dict}
-        unscaled = {f"{k}_unscaled": v for k, v in loss_dict_reduced.items()}
-        logger.update(loss=sum(scaled.values()), **scaled, **unscaled)
-        if "class_error" in loss_dict_reduced:
-            logger.update(class_error=loss_dict_reduced["class_error"])
+        names = list(loss_dict_reduced)
+        terms = dict(zip(names, torch.stack([loss_dict_reduced[k].float() for k in names]).tolist()))
+        loss_value = sum(terms[k] * weight_dict[k] for k in names if k in weight_dict)
+        if math.isfinite(loss_value):
+            _log_terms(logger, loss_value, terms, weight_dict)
+        else:
+            non_finite += 1
 
         orig_target_sizes = torch.stack([t["orig_size"] for t in targets], dim=0)
         results = postprocessors["bbox"](outputs, orig_target_sizes)
@@ -166,6 +281,9 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
             panoptic_evaluator.update(panoptic, targets)
 
     logger.synchronize_between_processes()
+    if non_finite:
+        print(f"Test: the loss of {non_finite} batch(es) was not finite; the loss averages leave them out",
+              flush=True)
     print("Averaged stats:", logger, flush=True)
     stats = {k: meter.global_avg for k, meter in logger.meters.items() if meter.count}
     if coco_evaluator is not None:
@@ -173,7 +291,9 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
         coco_evaluator.accumulate()
         coco_evaluator.summarize()
         for iou_type in iou_types:
-            stats[f"coco_eval_{iou_type}"] = coco_evaluator.coco_eval[iou_type].stats.tolist()
+            # The public log names: coco_eval_bbox and coco_eval_masks.
+            key = "coco_eval_masks" if iou_type == "segm" else f"coco_eval_{iou_type}"
+            stats[key] = coco_evaluator.coco_eval[iou_type].stats.tolist()
     if panoptic_evaluator is not None:
         panoptic_evaluator.synchronize_between_processes()
         pq = panoptic_evaluator.summarize()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -60,11 +60,17 @@ class SmoothedValue:
 
 
 class MetricLogger:
-    """Named SmoothedValues and an iterator that prints progress: iteration, it/s, ETA, metrics."""
+    """Named SmoothedValues and an iterator that prints progress: iteration, it/s, ETA, metrics.
 
-    def __init__(self, delimiter: str = "  "):
+    ``shown``: the meters the progress lines print, in this order (those not updated yet are left
+    out); None prints every meter and the iteration and data-loading times. Every meter is kept
+    either way: the choice only keeps a line readable when a model logs dozens of loss terms.
+    """
+
+    def __init__(self, delimiter: str = "  ", shown: Sequence[str] | None = None):
         self.meters: defaultdict[str, SmoothedValue] = defaultdict(SmoothedValue)
         self.delimiter = delimiter
+        self.shown = None if shown is None else tuple(shown)
 
     def update(self, **kwargs) -> None:
         for k, v in kwargs.items():
@@ -80,7 +86,9 @@ class MetricLogger:
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{attr}'")
 
     def __str__(self) -> str:
-        return self.delimiter.join(f"{name}: {meter}" for name, meter in self.meters.items())
+        names = self.meters if self.shown is None else [n for n in self.shown if n in self.meters]
+        # A meter added ahead (add_meter) but not updated yet has nothing to print.
+        return self.delimiter.join(f"{n}: {self.meters[n]}" for n in names if self.meters[n].deque)
 
     def synchronize_between_processes(self) -> None:
         for meter in self.meters.values():
@@ -104,8 +112,9 @@ class MetricLogger:
             if i % print_freq == 0 or i == n - 1:
                 eta = datetime.timedelta(seconds=int(iter_time.global_avg * (n - i - 1)))
                 rate = 1.0 / max(iter_time.avg, 1e-9)
-                parts = [header, f"[{i:{width}d}/{n}]", f"{rate:.2f} it/s", f"eta: {eta}", str(self),
-                         f"time: {iter_time}", f"data: {data_time}"]
+                parts = [header, f"[{i:{width}d}/{n}]", f"eta: {eta}", f"{rate:.2f} it/s", str(self)]
+                if self.shown is None:
+                    parts += [f"time: {iter_time}", f"data: {data_time}"]
                 if torch.cuda.is_available():
                     parts.append(f"max mem: {torch.cuda.max_memory_allocated() / 2**20:.0f}MB")
                 print(self.delimiter.join(p for p in parts if p), flush=True)
