@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from util.box_ops import box_cxcywh_to_xyxy, paired_generalized_box_iou
-from util.dist import get_world_size, is_dist_avail_and_initialized
+from util.dist import all_reduce, get_world_size
 from util.misc import accuracy
 
 
@@ -187,8 +187,7 @@ class SetCriterion(nn.Module):
     def _num_boxes(self, targets: list[dict], device: torch.device) -> float:
         """Targets per process over the whole job, at least 1: the normaliser of every loss."""
         num_boxes = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
-        if is_dist_avail_and_initialized():
-            torch.distributed.all_reduce(num_boxes)
+        all_reduce(num_boxes)
         return torch.clamp(num_boxes / get_world_size(), min=1).item()
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:

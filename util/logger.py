@@ -7,9 +7,8 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
-import torch.distributed as dist
 
-from util.dist import is_dist_avail_and_initialized
+from util.dist import all_reduce, is_dist_avail_and_initialized
 
 
 class SmoothedValue:
@@ -30,8 +29,8 @@ class SmoothedValue:
         """Make count and total global; the window stays local."""
         if not is_dist_avail_and_initialized():
             return
-        t = torch.tensor([self.count, self.total], dtype=torch.float64)
-        dist.all_reduce(t)
+        # all_reduce puts the tensor where the backend wants it (a GPU under NCCL).
+        t = all_reduce(torch.tensor([self.count, self.total], dtype=torch.float64))
         self.count, self.total = int(t[0].item()), t[1].item()
 
     @property
