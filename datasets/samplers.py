@@ -1,10 +1,14 @@
 """Samplers that split a data set across the processes of a distributed run.
 
-``DistributedSampler``: every rank gets ``ceil(N / world_size)`` indices from one permutation
-shared by all ranks (seeded by ``seed + epoch``), the list padded by repeating its head so that
-all ranks run the same number of iterations. ``NodeDistributedSampler`` does the same within the
-images a process caches under ``--cache_mode``: the local rank r of every node only ever sees
-indices i with i % local_size == r, so each process holds 1 / local_size of the images in memory.
+``DistributedSampler``: one permutation shared by all ranks (seeded by ``seed + epoch``), padded by
+repeating its head to ``ceil(N / world_size) * world_size`` entries; rank r takes the r-th
+contiguous chunk, as the public sampler does. Deformable DETR's outputs depend on an image's batch
+partners (padding and normalisation statistics span the padded batch), so which images share a rank
+decides whether a multi-GPU ``--eval`` reproduces a published figure.
+
+``NodeDistributedSampler`` does the same within the images a process caches under ``--cache_mode``:
+local rank r of every node only ever sees indices i with i % local_size == r (so each process holds
+1 / local_size of the images in memory), and the nodes take contiguous chunks of that shard.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
-from util.dist import get_local_rank, get_local_size, get_rank, get_world_size
+from util.dist import get_local_rank, get_local_size, get_node_rank, get_rank, get_world_size
 
 
 def _padded(indices: list[int], total: int) -> list[int]:
@@ -51,7 +55,8 @@ class DistributedSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         indices = _padded(self._order(), self.total_size)
-        return iter(indices[self.rank : self.total_size : self.num_replicas])
+        start = self.rank * self.num_samples
+        return iter(indices[start : start + self.num_samples])
 
     def __len__(self) -> int:
         return self.num_samples
@@ -61,11 +66,15 @@ class DistributedSampler(Sampler[int]):
 
 
 class NodeDistributedSampler(DistributedSampler):
-    """Like ``DistributedSampler`` but restricted to the indices cached by this local rank."""
+    """Like ``DistributedSampler`` but restricted to the indices cached by this local rank.
+
+    ``node_rank`` (this process's node) defaults to the launcher's (SLURM_NODEID, GROUP_RANK) when
+    ``rank`` is this process's own; for an explicit ``rank`` ranks are taken to fill nodes in order.
+    """
 
     def __init__(self, dataset, num_replicas: int | None = None, rank: int | None = None,
                  local_rank: int | None = None, local_size: int | None = None,
-                 shuffle: bool = True, seed: int = 0):
+                 shuffle: bool = True, seed: int = 0, node_rank: int | None = None):
         super().__init__(dataset, num_replicas, rank, shuffle=shuffle, seed=seed)
         self.local_rank = get_local_rank() if local_rank is None else local_rank
         self.local_size = get_local_size() if local_size is None else local_size
@@ -76,8 +85,12 @@ class NodeDistributedSampler(DistributedSampler):
             raise ValueError(f"local rank {self.local_rank} is outside [0, {self.local_size})")
         # Processes with the same local rank (one per node) split this local rank's images.
         self.num_nodes = self.num_replicas // self.local_size
-        self.node = self.rank // self.local_size
-        self.num_samples = math.ceil(len(dataset) / self.num_replicas)
+        if node_rank is None:
+            # Under SLURM's cyclic distribution rank // local_size is not the node.
+            node_rank = get_node_rank() if rank is None else self.rank // self.local_size
+        if not 0 <= node_rank < self.num_nodes:
+            raise ValueError(f"node rank {node_rank} is outside [0, {self.num_nodes})")
+        self.node = node_rank
         self.total_size_per_local_rank = self.num_samples * self.num_nodes
 
     def __iter__(self) -> Iterator[int]:
@@ -85,4 +98,5 @@ class NodeDistributedSampler(DistributedSampler):
         # the shard identically, and the shard's size is the same for every local rank after padding.
         mine = [i for i in self._order() if i % self.local_size == self.local_rank]
         mine = _padded(mine, self.total_size_per_local_rank)
-        return iter(mine[self.node : self.total_size_per_local_rank : self.num_nodes])
+        start = self.node * self.num_samples
+        return iter(mine[start : start + self.num_samples])
