@@ -212,12 +212,11 @@ def main(args) -> dict:
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
 
     if args.distributed:
-        # Some parameters get no gradient in some steps (BatchFormer branches, two-stage heads,
-        # the frozen detector of the mask recipe); DDP must be told to look for them.
-        find_unused = bool(args.bf or args.two_stage or args.masks or args.find_unused_parameters)
+        # Every trainable parameter of every configuration gets a gradient (train_one_epoch checks it
+        # after the first step), so DDP need not search the graph each step, as in the public code.
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[args.gpu] if device.type == "cuda" else None,
-            find_unused_parameters=find_unused)
+            find_unused_parameters=args.find_unused_parameters)
         model_without_ddp = model.module
 
     if args.frozen_weights is not None:
@@ -230,7 +229,7 @@ def main(args) -> dict:
         _resume(args, model_without_ddp, optimizer, scheduler, scaler)
 
     eval_kwargs = dict(print_freq=args.print_freq, max_iters=args.max_eval_iters, amp=args.amp,
-                       eval_backend=args.coco_eval_backend)
+                       eval_backend=args.coco_eval_backend, print_all_terms=args.print_all_terms)
     if args.eval:
         stats, coco_evaluator = evaluate(model, criterion, postprocessors, loader_val, base_ds, device,
                                          output_dir, **eval_kwargs)
@@ -247,7 +246,9 @@ def main(args) -> dict:
         try:
             train_stats = train_one_epoch(model, criterion, loader_train, optimizer, device, epoch,
                                           args.clip_max_norm, print_freq=args.print_freq,
-                                          max_iters=args.max_iters_per_epoch, amp=args.amp, scaler=scaler)
+                                          max_iters=args.max_iters_per_epoch, amp=args.amp, scaler=scaler,
+                                          find_unused_parameters=args.find_unused_parameters,
+                                          print_all_terms=args.print_all_terms)
         except NonFiniteLossError as e:
             raise SystemExit(f"Training stopped at epoch {epoch}: {e}") from e
         scheduler.step()

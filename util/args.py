@@ -123,6 +123,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="mixed precision: bfloat16 autocast (default when given alone) or float16 with "
                         "gradient scaling")
     p.add_argument("--print_freq", default=10, type=int, help="iterations between progress lines")
+    p.add_argument("--print_all_terms", action="store_true",
+                   help="progress lines list every loss term of every decoder layer, weighted and unscaled, "
+                        "and the iteration and data times (log.txt always holds every term)")
     p.add_argument("--max_iters_per_epoch", default=0, type=int,
                    help="stop each training epoch after this many iterations (0: the whole data set)")
     p.add_argument("--max_eval_iters", default=0, type=int,
@@ -132,7 +135,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coco_eval_backend", default="pycocotools", choices=("pycocotools", "faster"),
                    help="COCOeval implementation: pycocotools, or faster-coco-eval (same stats, ~6x faster)")
     p.add_argument("--find_unused_parameters", action="store_true",
-                   help="tell DistributedDataParallel that some parameters may get no gradient")
+                   help="tell DistributedDataParallel that some parameters may get no gradient (slower; "
+                        "needed only for a model changed so that some trainable parameters leave the loss)")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
