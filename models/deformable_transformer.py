@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.batchformer import BatchFormerPlan, batchformer_step, build_batchformer
+from models.ops.functions.level_shapes import level_tensors
 from models.ops.modules import MSDeformAttn
 from util.misc import inverse_sigmoid
 
@@ -58,7 +59,9 @@ def _level_grids(
         xs = torch.arange(w, dtype=torch.float32, device=device) + 0.5
         grid = torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)], dim=-1)
         centres.append(grid.reshape(-1, 2))
-        sizes.append(torch.tensor([w, h], dtype=torch.float32, device=device).expand(h * w, 2))
+        size = torch.full((h * w, 2), float(w), dtype=torch.float32, device=device)
+        size[:, 1].fill_(h)  # (W, H) filled in place: a copy from host memory would block the host
+        sizes.append(size)
         levels.append(torch.full((h * w,), lvl, dtype=torch.long, device=device))
     return torch.cat(centres), torch.cat(sizes), torch.cat(levels)
 
@@ -459,9 +462,8 @@ class DeformableTransformer(nn.Module):
         lvl_pos_embed_flatten = torch.cat(
             [p.flatten(2).transpose(1, 2) + self.level_embed[lvl] for lvl, p in enumerate(pos_embeds)], 1
         )
-        device = src_flatten.device
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        # From the host-side ints, so the attention never reads the shapes back from the GPU.
+        spatial_shapes, level_start_index = level_tensors(shapes, src_flatten.device)
         sizes = valid_sizes(masks)  # (B, L, 2)
         valid_ratios = sizes / spatial_shapes.flip(-1).float()  # (B, L, 2) as (w, h)
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import extension
+from .level_shapes import host_values
 
 __all__ = ["MSDeformAttnFunction", "ms_deform_attn", "ms_deform_attn_core_pytorch"]
 
@@ -27,7 +28,7 @@ __all__ = ["MSDeformAttnFunction", "ms_deform_attn", "ms_deform_attn_core_pytorc
 def _per_level(value: Tensor, value_spatial_shapes: Tensor, sampling_locations: Tensor):
     """Yields (level, H, W, value_l (N*M, D, H, W), grid_l (N*M, Lq, P, 2)): grid_sample's layout."""
     n, _, n_heads, head_dim = value.shape
-    shapes = [(int(h), int(w)) for h, w in value_spatial_shapes.tolist()]
+    shapes = [(int(h), int(w)) for h, w in host_values(value_spatial_shapes)]
     value_per_level = value.split([h * w for h, w in shapes], dim=1)
     # With align_corners=False, grid -1 is the outer edge of pixel 0, so x in [0, 1] lands on
     # pixel x*W - 0.5 as the op defines; corners outside the map read the zero padding.
@@ -175,8 +176,12 @@ def _check_inputs(
 
 
 def _check_levels(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor) -> None:
-    """Checks that need the level sizes themselves; run inside the op, on real tensors."""
-    shapes = spatial_shapes.tolist()
+    """Checks that need the level sizes themselves; run inside the op, on real tensors.
+
+    The sizes come from ``host_values``: no device read for level tensors made by ``level_tensors``
+    (what the model passes), one read per distinct device tensor otherwise.
+    """
+    shapes = host_values(spatial_shapes)
     if any(h <= 0 or w <= 0 for h, w in shapes):
         raise ValueError(
             f"ms_deform_attn: every level of value_spatial_shapes must be positive, got {shapes}"
@@ -188,10 +193,11 @@ def _check_levels(value: Tensor, spatial_shapes: Tensor, level_start_index: Tens
             f"positions, but value has S = {value.shape[1]} (value shape {_shape_str(value)})"
         )
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    if level_start_index.tolist() != starts:
+    given_starts = host_values(level_start_index)
+    if given_starts != starts:
         raise ValueError(
             f"ms_deform_attn: value_level_start_index must be {starts} for value_spatial_shapes {shapes}, "
-            f"got {level_start_index.tolist()}"
+            f"got {given_starts}"
         )
 
 
@@ -202,8 +208,7 @@ def _compute_dtype(value: Tensor) -> torch.dtype:
     return value.dtype
 
 
-@torch.library.custom_op("msda::ms_deform_attn", mutates_args=())
-def _forward_op(
+def _forward_impl(
     value: Tensor,
     spatial_shapes: Tensor,
     level_start_index: Tensor,
@@ -211,6 +216,8 @@ def _forward_op(
     attention_weights: Tensor,
     im2col_step: int,
 ) -> Tensor:
+    """The forward custom op's real implementation (a plain function, so tests can run it on fake
+    tensors where the custom op would run its shape-only fake)."""
     _check_levels(value, spatial_shapes, level_start_index)
     kernels = extension.kernels_for(value.device)
     if kernels is None or value.shape[0] * sampling_locations.shape[1] == 0:
@@ -218,6 +225,9 @@ def _forward_op(
     return kernels.ms_deform_attn_forward(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step
     )
+
+
+_forward_op = torch.library.custom_op("msda::ms_deform_attn", mutates_args=())(_forward_impl)
 
 
 @_forward_op.register_fake
