@@ -44,7 +44,7 @@ def test_training_and_evaluation_write_pq_and_predictions(run):
         assert set(eval_stats[key]) == {"pq", "sq", "rq", "n"}
         assert eval_stats[key] == pytest.approx(stats[key])
     assert eval_stats["PQ_all"]["n"] == eval_stats["PQ_th"]["n"] + eval_stats["PQ_st"]["n"] > 0
-    assert len(eval_stats["coco_eval_segm"]) == 12 and len(eval_stats["coco_eval_bbox"]) == 12
+    assert len(eval_stats["coco_eval_masks"]) == 12 and len(eval_stats["coco_eval_bbox"]) == 12
     predictions = json.loads((out / "panoptic_eval" / "predictions.json").read_text())
     assert sorted(a["image_id"] for a in predictions["annotations"]) == [1, 2]  # the one evaluated batch
     for ann in predictions["annotations"]:
