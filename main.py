@@ -22,7 +22,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 import util.dist as dist_utils
 from engine import NonFiniteLossError, evaluate, train_one_epoch
 from util.args import get_args_parser  # noqa: F401  (main.get_args_parser is public API)
-from util.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+from util.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from util.misc import collate_fn
 
 
@@ -117,12 +117,17 @@ def _check_device(args) -> torch.device:
     return torch.device(args.device)
 
 
-def _load_frozen_weights(model: torch.nn.Module, path: str) -> None:
-    """The detector's weights for mask-head training: into ``model.detr`` when the model wraps one."""
+def _load_frozen_weights(model: torch.nn.Module, path: str, args) -> None:
+    """The detector's weights for mask-head training: into ``model.detr`` when the model wraps one.
+
+    They stay frozen, so a missing one would stay random: the detector must be complete.
+    """
     checkpoint = load_checkpoint(path)
-    state = checkpoint["model"] if isinstance(checkpoint, dict) and "model" in checkpoint else checkpoint
+    if not (isinstance(checkpoint, dict) and "model" in checkpoint):
+        checkpoint = {"model": checkpoint}
     target = getattr(model, "detr", model)
-    load_model_state(target, state, name=f"--frozen_weights {path}")
+    load_weights(target, checkpoint, args, name=f"--frozen_weights {path}", complete=True,
+                 skip_flags=("masks",))
 
 
 def _resume(args, model, optimizer, scheduler, scaler) -> None:
@@ -131,7 +136,7 @@ def _resume(args, model, optimizer, scheduler, scaler) -> None:
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise CheckpointError(f"--resume {args.resume}: expected a dict with a 'model' entry "
                               f"(a checkpoint written by main.py), got {type(checkpoint).__name__}")
-    load_model_state(model, checkpoint["model"], name=f"--resume {args.resume}")
+    load_weights(model, checkpoint, args, name=f"--resume {args.resume}", complete=args.eval)
     if args.eval or not all(k in checkpoint for k in ("optimizer", "lr_scheduler", "epoch")):
         return
     saved_groups = checkpoint["optimizer"].get("param_groups", [])
@@ -220,7 +225,7 @@ def main(args) -> dict:
         model_without_ddp = model.module
 
     if args.frozen_weights is not None:
-        _load_frozen_weights(model_without_ddp, args.frozen_weights)
+        _load_frozen_weights(model_without_ddp, args.frozen_weights, args)
 
     output_dir = args.output_dir
     if output_dir and dist_utils.is_main_process():

@@ -126,7 +126,7 @@ def test_checkpoint_carrying_code_is_refused(trained, tmp_path):
 
 def test_checkpoint_of_other_configuration_names_the_keys(trained, tmp_path):
     out, _ = trained
-    expected = r"shape mismatches \(\d+\): transformer.level_embed checkpoint \[1, 32\] vs model \[1, 64\]"
+    expected = r"--hidden_dim \(checkpoint 32, this run 64\); pass --hidden_dim 32"
     with pytest.raises(CheckpointError, match=expected):
         main_module.main(_args(tmp_path, "--resume", str(out / "checkpoint.pth"), "--eval",
                                "--hidden_dim", "64"))

@@ -453,3 +453,32 @@ def test_ddp_with_find_unused_parameters_trains(gloo_group):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     stats = train_one_epoch(model, _Criterion(), _loader(3), opt, torch.device("cpu"), 0)
     assert model.module.calls == 3 and torch.isfinite(torch.tensor(stats["loss"]))
+
+
+# ---- host synchronisation -----------------------------------------------------------------------------
+
+_READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
+
+
+def test_a_training_step_reads_the_device_once(monkeypatch):
+    """Every logged number of a step comes back in one copy: reads of tensor data made by the training
+    loop itself or by MetricLogger.update are counted (a GPU waits for each of them)."""
+    import os
+    import sys
+
+    reads = []
+    for name in _READS:
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, _name=name, **kwargs):
+            caller = sys._getframe(1)
+            where = os.path.basename(caller.f_code.co_filename), caller.f_code.co_name
+            if where[0] == "engine.py" or where == ("logger.py", "update"):
+                reads.append((_name, *where))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    model = _Model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_one_epoch(model, _ManyTerms(), _loader(3), opt, torch.device("cpu"), 0, max_norm=0.1)
+    assert len(reads) == 3, reads

@@ -137,6 +137,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--find_unused_parameters", action="store_true",
                    help="tell DistributedDataParallel that some parameters may get no gradient (slower; "
                         "needed only for a model changed so that some trainable parameters leave the loss)")
+    p.add_argument("--allow_partial_load", action="store_true",
+                   help="load a --resume/--frozen_weights checkpoint of another architecture anyway: "
+                        "what fits is loaded, the rest stays at its initial values (reported)")
 
 
 def get_args_parser() -> argparse.ArgumentParser:

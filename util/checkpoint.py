@@ -2,26 +2,96 @@
 
 A checkpoint is the dict of the public code, ``{model, optimizer, lr_scheduler, epoch, args}``
 with ``args`` an ``argparse.Namespace``. Reading it never runs code: the unpickler only accepts
-tensors, plain containers and ``argparse.Namespace``.
+tensors, plain containers, ``argparse.Namespace`` and numpy scalars and dtypes (which checkpoints of
+derived projects carry in their ``args``). A checkpoint trained with another architecture than the
+run's flags is refused with the flags to pass, before it can leave weights at random.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import hashlib
+import math
 import os
 import pickle
+import re
 import tempfile
 import urllib.parse
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
-
-# The only non-builtin type a checkpoint of the original format carries (its ``args``).
-SAFE_GLOBALS = [argparse.Namespace]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be read or does not fit the model."""
+
+
+def _numpy_scalar_constructor():
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 1.26 has no numpy._core
+        from numpy.core.multiarray import scalar
+    return scalar
+
+
+def _named_numpy_scalar(module: str):
+    """numpy's scalar constructor under the name a pickle written by numpy ``module``'s era uses.
+
+    numpy 1.x pickles scalars as ``numpy.core.multiarray.scalar``, numpy 2 as
+    ``numpy._core.multiarray.scalar``; the weights-only unpickler matches globals by that name.
+    """
+    construct = _numpy_scalar_constructor()
+
+    def scalar(*args):
+        return construct(*args)
+
+    scalar.__module__ = module
+    scalar.__name__ = scalar.__qualname__ = "scalar"
+    return scalar
+
+
+def _numpy_dtype_classes() -> list[type]:
+    """The dtype classes of booleans, integers and floats (a pickled dtype sets its state on one)."""
+    codes = "?" + np.typecodes["AllInteger"] + np.typecodes["AllFloat"]
+    return sorted({type(np.dtype(c)) for c in codes}, key=lambda t: t.__name__)
+
+
+def _encode(obj: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    import codecs
+
+    return codecs.encode(obj, encoding, errors)
+
+
+# How a pickled numpy scalar spells its raw bytes; torch >= 2.6 allows it by default.
+_encode.__module__, _encode.__name__, _encode.__qualname__ = "_codecs", "encode", "encode"
+
+# Everything a checkpoint may hold beyond what torch's weights-only unpickler allows by default.
+SAFE_GLOBALS = [
+    argparse.Namespace,
+    np.dtype,
+    *_numpy_dtype_classes(),
+    _named_numpy_scalar("numpy.core.multiarray"),
+    _named_numpy_scalar("numpy._core.multiarray"),
+    _encode,
+]
+
+
+@contextlib.contextmanager
+def _safe_globals_allowed() -> Iterator[None]:
+    """Allow SAFE_GLOBALS for one load; torch 2.4 lacks the context manager, so allow them for good."""
+    scoped = getattr(torch.serialization, "safe_globals", None)
+    if scoped is not None:
+        with scoped(SAFE_GLOBALS):
+            yield
+        return
+    # Process-wide on torch 2.4: these are the same harmless types, whichever load comes next.
+    torch.serialization.add_safe_globals(SAFE_GLOBALS)
+    yield
 
 
 def save_checkpoint(obj, path: str) -> None:
@@ -69,43 +139,103 @@ def _is_url(path_or_url: str) -> bool:
     return urllib.parse.urlparse(path_or_url).scheme in ("http", "https", "ftp", "s3", "file")
 
 
+def _check_checkpoint_file(path: str, shown: str) -> None:
+    """Raise CheckpointError naming ``shown`` when the file at ``path`` cannot be a torch checkpoint.
+
+    Catches what users actually end up with: an empty file (an interrupted copy), an HTML page (what a
+    file-sharing link returns instead of the file), a cut-off download, or another format.
+    """
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointError(f"checkpoint {shown} is empty (0 bytes): the download or copy that wrote it "
+                              "did not finish; fetch it again")
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")) or b"<html" in text[:1024]:
+        raise CheckpointError(
+            f"checkpoint {shown} is an HTML page ({size} bytes), not a checkpoint: a file-sharing link "
+            "(e.g. a Google Drive share or virus-scan page) returned its web page instead of the file; "
+            "download the file itself (in a browser, or with a direct-download link) and pass that")
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip format: its directory is at the very end
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"checkpoint {shown} is truncated ({size} bytes, the end of its zip "
+                                  "archive is missing): download or copy it again")
+        return
+    if not head.startswith(b"\x80"):  # the legacy format is a sequence of pickles
+        raise CheckpointError(f"checkpoint {shown} is not a torch checkpoint: it starts with {head[:8]!r}, "
+                              "neither torch.save's zip archive nor its legacy pickle format")
+
+
+def _cache_path(url: str) -> str:
+    """Where ``url`` is cached: share links often end alike (``uc``, ``view``), so the name has its hash."""
+    name = os.path.basename(urllib.parse.urlparse(url).path) or "checkpoint.pth"
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return os.path.join(torch.hub.get_dir(), "checkpoints", f"{digest}-{name}")
+
+
 def _download(url: str) -> str:
-    """Fetch ``url`` once into torch hub's checkpoint folder and return the local path."""
-    cache_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
-    os.makedirs(cache_dir, exist_ok=True)
-    filename = os.path.basename(urllib.parse.urlparse(url).path) or "checkpoint.pth"
-    local = os.path.join(cache_dir, filename)
-    if not os.path.exists(local):
-        print(f"Downloading checkpoint {url} to {local}", flush=True)
-        try:
-            torch.hub.download_url_to_file(url, local, progress=True)
-        except Exception as e:  # network errors come in many types; all mean the same to the user
-            raise CheckpointError(f"could not download checkpoint {url}: {e}") from e
+    """Fetch ``url`` once into torch hub's checkpoint folder and return the local path.
+
+    Only a file that looks like a checkpoint enters the cache, so an HTML page or a cut-off transfer
+    is fetched again next time rather than served from the cache.
+    """
+    local = _cache_path(url)
+    if os.path.exists(local):
+        return local
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    partial = f"{local}.{os.getpid()}.part"
+    print(f"Downloading checkpoint {url} to {local}", flush=True)
+    try:
+        torch.hub.download_url_to_file(url, partial, progress=True)
+        _check_checkpoint_file(partial, shown=f"downloaded from {url}")
+        os.replace(partial, local)
+    except CheckpointError:
+        raise
+    except Exception as e:  # network errors come in many types; all mean the same to the user
+        raise CheckpointError(f"could not download checkpoint {url}: {e}") from e
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
     return local
+
+
+def _refused_global(error: Exception) -> str:
+    """The part of torch's weights-only refusal that names what the file holds."""
+    text = str(error)
+    found = re.search(r"Unsupported global: GLOBAL \S+", text) or re.search(r"WeightsUnpickler error: .+",
+                                                                            text)
+    if found:
+        return found.group(0)
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 def load_checkpoint(path_or_url: str, map_location="cpu"):
     """Read a checkpoint file or URL without executing any code stored in it.
 
-    Raises CheckpointError naming the file when it is missing, truncated, or holds Python objects
-    other than tensors, containers and argparse.Namespace (a pickle that would run code).
+    Raises CheckpointError naming the file when it is missing, empty, an HTML page, truncated, of
+    another format, or holds Python objects other than those SAFE_GLOBALS allows (a pickle that
+    would run code).
     """
     path = _download(path_or_url) if _is_url(path_or_url) else path_or_url
+    shown = f"{path!r}" if path == path_or_url else f"{path!r} (downloaded from {path_or_url})"
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path!r} (expected a file written by torch.save)")
+    _check_checkpoint_file(path, shown)
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
+        with _safe_globals_allowed():
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights only load failed" not in str(e).lower():
+            raise CheckpointError(f"checkpoint {shown} is truncated or corrupt: {e}") from e
         raise CheckpointError(
-            f"refusing to load checkpoint {path!r}: it contains Python objects that could run code when "
-            f"unpickled, and only tensors, numbers, strings, containers and argparse.Namespace are "
-            f"accepted ({detail}). Nothing from the file was executed."
+            f"refusing to load checkpoint {shown}: it contains Python objects that could run code when "
+            f"unpickled, and only tensors, numbers, strings, containers, argparse.Namespace and numpy "
+            f"scalars are accepted ({_refused_global(e)}). Nothing from the file was executed."
         ) from e
     except (EOFError, RuntimeError) as e:
         raise CheckpointError(
-            f"checkpoint {path!r} is truncated or not a torch checkpoint: {type(e).__name__}: {e}"
+            f"checkpoint {shown} is truncated or not a torch checkpoint: {type(e).__name__}: {e}"
         ) from e
 
 
@@ -121,25 +251,34 @@ class LoadReport:
     def clean(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
 
-    def describe(self, limit: int = 10) -> str:
-        def listing(keys: list[str]) -> str:
-            more = f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
-            return ", ".join(keys[:limit]) + more
-
+    def describe(self, limit: int = 10, sep: str = "\n") -> str:
         lines = []
         if self.missing:
             lines.append(f"missing keys ({len(self.missing)}, left at their initial values): "
-                         f"{listing(self.missing)}")
+                         f"{_listing(self.missing, limit)}")
         if self.unexpected:
-            lines.append(f"unexpected keys ({len(self.unexpected)}, ignored): {listing(self.unexpected)}")
+            lines.append(f"unexpected keys ({len(self.unexpected)}, ignored): "
+                         f"{_listing(self.unexpected, limit)}")
         if self.mismatched:
             shown = [f"{k} checkpoint {list(a)} vs model {list(b)}" for k, a, b in self.mismatched]
-            lines.append(f"shape mismatches ({len(self.mismatched)}): {listing(shown)}")
-        return "\n".join(lines)
+            lines.append(f"shape mismatches ({len(self.mismatched)}): {_listing(shown, limit)}")
+        return sep.join(lines)
+
+
+def _listing(keys: list[str], limit: int) -> str:
+    more = f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
 
 
 # Keys some profilers (thop) add to modules; they are not weights.
 _IGNORED_SUFFIXES = ("total_ops", "total_params")
+
+
+def _storage_identity(t: torch.Tensor) -> tuple | None:
+    """Equal for two state-dict entries that are one tensor under two names (None for empty ones)."""
+    if t.numel() == 0:
+        return None
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
 
 
 def load_model_state(model: nn.Module, state_dict: dict, name: str = "checkpoint",
@@ -148,7 +287,9 @@ def load_model_state(model: nn.Module, state_dict: dict, name: str = "checkpoint
 
     Shape mismatches mean the checkpoint was trained with a different configuration (classes,
     hidden_dim, levels, ...): they raise CheckpointError listing the keys unless
-    ``allow_shape_mismatch``, in which case those tensors are skipped and reported.
+    ``allow_shape_mismatch``, in which case those tensors are skipped and reported. A key is not
+    missing when another name of the same tensor was loaded (the refine decoder's
+    ``transformer.decoder.bbox_embed.i`` is ``bbox_embed.i``).
     """
     if not isinstance(state_dict, dict):
         raise CheckpointError(
@@ -165,14 +306,144 @@ def load_model_state(model: nn.Module, state_dict: dict, name: str = "checkpoint
         loadable[k] = v
     if report.mismatched and not allow_shape_mismatch:
         raise CheckpointError(
-            f"{name} was trained with a different model configuration; these tensors differ in shape:\n"
-            + report.describe()
-            + "\nCheck the model flags (--num_feature_levels, --hidden_dim, --with_box_refine, "
-              "--two_stage, --bf/--share_bf, number of classes ...)."
+            f"{name} was trained with a different model configuration; these tensors differ in shape: "
+            + report.describe(sep="; ")
+            + ". Check the model flags (--num_feature_levels, --hidden_dim, --with_box_refine, "
+              "--two_stage, --bf/--share_bf, --dataset_file for the number of classes ...)."
         )
     result = model.load_state_dict(loadable, strict=False)
-    report.missing = list(result.missing_keys)
+    loaded = {_storage_identity(own[k]) for k in loadable if k in own} - {None}
+    report.missing = [k for k in result.missing_keys if _storage_identity(own[k]) not in loaded]
     report.unexpected = list(result.unexpected_keys)
     if not report.clean:
         print(f"Loading {name}:\n{report.describe()}", flush=True)
+    return report
+
+
+# Flags that decide which tensors a model has or how its forward uses them. A checkpoint trained with
+# other values does not give its published results, even where its tensors happen to load.
+STRUCTURAL_FLAGS = (
+    "backbone", "dilation", "position_embedding", "position_embedding_scale", "num_feature_levels",
+    "hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "enc_n_points", "dec_n_points",
+    "num_queries", "with_box_refine", "two_stage", "masks", "bf", "share_bf", "insert_idx", "bt_num_layers",
+)
+# Only meaningful with a BatchFormer (--bf other than 0).
+_BATCHFORMER_LAYOUT = ("share_bf", "insert_idx", "bt_num_layers")
+
+
+@functools.lru_cache(maxsize=1)
+def _flag_defaults() -> dict:
+    from util.args import get_args_parser
+
+    return vars(get_args_parser().parse_args([]))
+
+
+def recorded_value(saved_args, flag: str):
+    """``flag`` as the checkpoint's args record it, plain Python; the default where it predates the flag.
+
+    Published Deformable DETR checkpoints record no BatchFormer flags: they were trained without one,
+    which is what the defaults say.
+    """
+    if isinstance(saved_args, dict):
+        value = saved_args.get(flag, _flag_defaults().get(flag))
+    else:
+        value = getattr(saved_args, flag, _flag_defaults().get(flag))
+    return _plain(value)
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _normalised(flag: str, value, bf: int):
+    if flag == "insert_idx":
+        # The model inserts after encoder layer 0 when --bf is on and no index is given, and sorts.
+        return sorted({int(i) for i in value}) if value else ([0] if bf else None)
+    return value
+
+
+def _same(a, b) -> bool:
+    numbers = (int, float)
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, numbers) and isinstance(b, numbers) and math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
+def architecture_differences(saved_args, args, skip=()) -> list[tuple[str, object, object]]:
+    """(flag, checkpoint value, this run's value) for each structural flag on which they differ.
+
+    Empty when the checkpoint records no args (then only its keys can be checked).
+    """
+    if saved_args is None:
+        return []
+    saved_bf, run_bf = recorded_value(saved_args, "bf"), _plain(getattr(args, "bf", 0))
+    differences = []
+    for flag in STRUCTURAL_FLAGS:
+        if flag in skip or (flag in _BATCHFORMER_LAYOUT and not saved_bf and not run_bf):
+            continue
+        saved = _normalised(flag, recorded_value(saved_args, flag), saved_bf)
+        run = _normalised(flag, _plain(getattr(args, flag, _flag_defaults().get(flag))), run_bf)
+        if not _same(saved, run):
+            differences.append((flag, saved, run))
+    return differences
+
+
+def as_command_line(flag: str, value) -> list[str]:
+    """The tokens that give ``flag`` ``value`` on main.py's command line ([] for an unset flag)."""
+    if isinstance(value, bool):
+        return [f"--{flag}"] if value else []
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [f"--{flag}", *map(str, value)]
+    return [f"--{flag}", str(value)]
+
+
+def _differences_message(name: str, differences: list[tuple[str, object, object]]) -> str:
+    listed = ", ".join(f"--{flag} (checkpoint {saved}, this run {run})" for flag, saved, run in differences)
+    add = [" ".join(as_command_line(flag, saved)) for flag, saved, _ in differences
+           if as_command_line(flag, saved)]
+    drop = [f"--{flag}" for flag, saved, _ in differences if not as_command_line(flag, saved)]
+    advice = " and ".join(part for part in (f"pass {' '.join(add)}" if add else "",
+                                            f"drop {' '.join(drop)}" if drop else "") if part)
+    return f"{name} was trained with another architecture than these flags build: {listed}; {advice}"
+
+
+def _is_batchformer_key(key: str) -> bool:
+    return "bf" in key.split(".")
+
+
+def load_weights(model: nn.Module, checkpoint: dict, args: argparse.Namespace, name: str, complete: bool,
+                 skip_flags: tuple[str, ...] = ()) -> LoadReport:
+    """Load ``checkpoint['model']`` into ``model`` after checking it was trained with this architecture.
+
+    Stops (CheckpointError, one line naming ``name``) when the checkpoint's recorded args differ on a
+    STRUCTURAL_FLAGS flag, and, if ``complete`` (evaluation), when a weight the model uses is missing;
+    BatchFormer weights may be missing since inference skips it, unless ``--eval_bf``. With
+    ``--allow_partial_load`` both become warnings and shape-mismatched tensors are skipped. Flags in
+    ``skip_flags`` or ``args.arch_overrides`` (given on test.py's command line on purpose) are not
+    compared.
+    """
+    allow_partial = bool(getattr(args, "allow_partial_load", False))
+    skip = (*skip_flags, *getattr(args, "arch_overrides", ()))
+    differences = architecture_differences(checkpoint.get("args"), args, skip=skip)
+    if differences:
+        message = _differences_message(name, differences)
+        if not allow_partial:
+            raise CheckpointError(f"{message} (test.py reads them from the checkpoint), or "
+                                  "--allow_partial_load to load what fits")
+        print(f"warning: {message}; loading what fits (--allow_partial_load)", flush=True)
+    report = load_model_state(model, checkpoint["model"], name=name, allow_shape_mismatch=allow_partial)
+    if complete and not allow_partial:
+        use_bf = bool(getattr(args, "eval_bf", 0))
+        needed = [k for k in report.missing if use_bf or not _is_batchformer_key(k)]
+        if needed:
+            raise CheckpointError(
+                f"{name} lacks {len(needed)} weight tensors this model needs ({_listing(needed, 5)}): "
+                "evaluating it would score a partly random model; check the architecture flags (test.py "
+                "reads them from the checkpoint's args), or pass --allow_partial_load to evaluate anyway")
     return report

@@ -117,7 +117,8 @@ def test_file_url_is_downloaded_then_loaded_safely(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     back = load_checkpoint(src.as_uri())
     assert back["epoch"] == 7
-    assert (tmp_path / "hub" / "checkpoints" / "remote.pth").exists()
+    cached = os.listdir(tmp_path / "hub" / "checkpoints")
+    assert len(cached) == 1 and cached[0].endswith("-remote.pth"), cached
 
 
 class _Net(nn.Module):
@@ -148,3 +149,359 @@ def test_shape_mismatch_names_the_keys():
     report = load_model_state(dst, _Net(classes=3).state_dict(), allow_shape_mismatch=True)
     assert [k for k, _, _ in report.mismatched] == ["head.weight", "head.bias"]
     assert sorted(report.missing) == ["head.bias", "head.weight"]
+
+
+# --- loading on every torch the requirements allow ------------------------------------------------
+
+
+def _requirement_floor(name: str) -> tuple[int, int]:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "requirements.txt")) as f:
+        for line in f:
+            spec = line.split("#")[0].strip()
+            if spec.startswith(name + ">="):
+                major, minor = spec[len(name) + 2:].split(".")[:2]
+                return int(major), int(minor)
+    raise AssertionError(f"requirements.txt gives no floor for {name}")
+
+
+def test_requirement_floors_pair_torch_with_its_torchvision():
+    """torchvision 0.N+15 is the release built for torch 2.N; a floor pair that disagrees cannot install."""
+    torch_floor, vision_floor = _requirement_floor("torch"), _requirement_floor("torchvision")
+    assert torch_floor[0] == 2 and vision_floor == (0, torch_floor[1] + 15)
+    # The first torch whose weights-only unpickler takes user-allowed globals (add_safe_globals).
+    assert torch_floor >= (2, 4)
+
+
+def test_loads_where_torch_lacks_the_safe_globals_context_manager(tmp_path, monkeypatch):
+    """torch 2.4 has add_safe_globals but not safe_globals (2.5): a checkpoint with args still loads."""
+    path = str(tmp_path / "checkpoint.pth")
+    save_checkpoint(_original_format(epoch=5), path)
+    before = torch.serialization.get_safe_globals()
+    monkeypatch.delattr(torch.serialization, "safe_globals")
+    try:
+        back = load_checkpoint(path)
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
+    assert back["epoch"] == 5 and isinstance(back["args"], argparse.Namespace)
+
+
+# --- files that are not checkpoints ----------------------------------------------------------------
+
+
+def test_empty_file_gets_its_own_message(tmp_path):
+    path = tmp_path / "r50_deformable_detr.pth"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"r50_deformable_detr.pth.*is empty \(0 bytes\)"):
+        load_checkpoint(str(path))
+
+
+_DRIVE_PAGE = (b"<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head>"
+               b"<body>Google Drive can't scan this file for viruses.<form action=\"/uc\"></form>"
+               b"</body></html>")
+
+
+def test_html_page_saved_as_checkpoint_is_named_as_such(tmp_path):
+    path = tmp_path / "r50_deformable_detr.pth"
+    path.write_bytes(b"\n  " + _DRIVE_PAGE)
+    with pytest.raises(CheckpointError, match=r"r50_deformable_detr.pth.* is an HTML page"):
+        load_checkpoint(str(path))
+
+
+def test_truncated_file_is_called_truncated(tmp_path):
+    path = tmp_path / "cut.pth"
+    save_checkpoint(_original_format(), str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(CheckpointError, match=r"cut.pth.* is truncated"):
+        load_checkpoint(str(path))
+
+
+def test_other_binary_is_not_taken_for_a_checkpoint(tmp_path):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(b"\x1f\x8b\x08\x00" + bytes(200))  # a gzip stream
+    with pytest.raises(CheckpointError, match=r"weights.pth.* is not a torch checkpoint"):
+        load_checkpoint(str(path))
+
+
+# --- numpy values in args --------------------------------------------------------------------------
+
+
+def _numpy_args() -> argparse.Namespace:
+    import numpy as np
+
+    return argparse.Namespace(lr=np.float64(2e-4), epochs=np.int64(50), dtype=np.dtype("float32"),
+                              masks=np.bool_(False), scale=np.float32(6.25), lr_drop=40)
+
+
+def _check_numpy_args(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    assert args.lr == np.float64(2e-4) and type(args.lr) is np.float64
+    assert args.epochs == 50 and type(args.epochs) is np.int64
+    assert args.dtype == np.dtype("float32") and not args.masks and args.scale == np.float32(6.25)
+
+
+def test_numpy_scalars_and_dtypes_in_args_load_without_running_code(tmp_path):
+    path = tmp_path / "derived.pth"
+    torch.save({"model": {"w": torch.ones(2)}, "epoch": 1, "args": _numpy_args()}, path)
+    back = load_checkpoint(str(path))
+    _check_numpy_args(back["args"])
+    assert torch.equal(back["model"]["w"], torch.ones(2))
+
+
+def test_numpy_1_checkpoint_names_load(tmp_path):
+    """Checkpoints written under numpy 1.x name the scalar constructor numpy.core.multiarray.scalar."""
+    path = tmp_path / "numpy1.pth"
+    torch.save({"model": {"w": torch.ones(2)}, "args": _numpy_args()}, path,
+               _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    assert data.count(b"cnumpy._core.multiarray\nscalar\n") == 1  # protocol 2 GLOBAL, memoised once
+    path.write_bytes(data.replace(b"cnumpy._core.multiarray\nscalar\n", b"cnumpy.core.multiarray\nscalar\n"))
+    _check_numpy_args(load_checkpoint(str(path))["args"])
+
+
+def test_numpy_arrays_still_need_trust(tmp_path):
+    """Only scalars and dtypes are allowed: an object array could carry anything."""
+    import numpy as np
+
+    path = tmp_path / "array.pth"
+    torch.save({"args": argparse.Namespace(mean=np.array([1.0, 2.0]))}, path)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_checkpoint(str(path))
+
+
+# --- downloads -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def http_files(monkeypatch):
+    """A local HTTP server (127.0.0.1) answering each path-with-query from a dict of bytes."""
+    import http.server
+    import threading
+
+    files: dict[str, bytes] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = files.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    yield f"http://127.0.0.1:{server.server_address[1]}", files
+    server.shutdown()
+    server.server_close()
+
+
+def _bytes_of(obj, tmp_path) -> bytes:
+    path = tmp_path / "tmp_bytes.pth"
+    torch.save(obj, path)
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def test_share_links_with_the_same_last_segment_do_not_collide(tmp_path, monkeypatch, http_files):
+    base, files = http_files
+    files["/uc?id=AAA&export=download"] = _bytes_of(_original_format(epoch=11), tmp_path)
+    files["/uc?id=BBB&export=download"] = _bytes_of(_original_format(epoch=22), tmp_path)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    assert load_checkpoint(base + "/uc?id=AAA&export=download")["epoch"] == 11
+    assert load_checkpoint(base + "/uc?id=BBB&export=download")["epoch"] == 22
+    cached = sorted(os.listdir(tmp_path / "hub" / "checkpoints"))
+    assert len(cached) == 2 and all(name.endswith("uc") for name in cached), cached
+    # Cached: a second load reads the file without asking the server.
+    files.clear()
+    assert load_checkpoint(base + "/uc?id=AAA&export=download")["epoch"] == 11
+
+
+def test_downloaded_html_page_is_refused_and_not_cached(tmp_path, monkeypatch, http_files):
+    base, files = http_files
+    url = base + "/file/d/XYZ/view?usp=sharing"
+    files["/file/d/XYZ/view?usp=sharing"] = _DRIVE_PAGE
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(CheckpointError, match=r"XYZ/view\?usp=sharing.* an HTML page"):
+        load_checkpoint(url)
+    assert os.listdir(tmp_path / "hub" / "checkpoints") == []
+    # Once the server sends the file, the same URL loads (nothing bad was left in the cache).
+    files["/file/d/XYZ/view?usp=sharing"] = _bytes_of(_original_format(epoch=4), tmp_path)
+    assert load_checkpoint(url)["epoch"] == 4
+
+
+def test_failed_download_names_the_url(tmp_path, monkeypatch, http_files):
+    base, _ = http_files
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(CheckpointError, match=r"could not download checkpoint http://127.0.0.1:\d+/gone.pth"):
+        load_checkpoint(base + "/gone.pth")
+
+
+# --- aliases ---------------------------------------------------------------------------------------
+
+
+class _SharedHead(nn.Module):
+    """Two names for one module, as the refine decoder's bbox_embed is also transformer.decoder.bbox_embed."""
+
+    def __init__(self):
+        super().__init__()
+        self.bbox_embed = nn.Linear(4, 4)
+        self.decoder = nn.Module()
+        self.decoder.bbox_embed = self.bbox_embed
+        self.query_embed = nn.Embedding(3, 4)
+
+
+def test_missing_report_resolves_aliases(capsys):
+    src = _SharedHead()
+    state = {k: v for k, v in src.state_dict().items() if not k.startswith("decoder.")}
+    dst = _SharedHead()
+    report = load_model_state(dst, state)
+    assert report.missing == [] and report.clean
+    assert torch.equal(dst.decoder.bbox_embed.weight, src.bbox_embed.weight)
+    assert "missing" not in capsys.readouterr().out
+    # A key whose every alias is absent is still missing.
+    report = load_model_state(_SharedHead(), {k: v for k, v in state.items() if "bbox_embed" not in k})
+    assert sorted(report.missing) == ["bbox_embed.bias", "bbox_embed.weight", "decoder.bbox_embed.bias",
+                                      "decoder.bbox_embed.weight"]
+
+
+# --- checkpoints of another architecture -----------------------------------------------------------
+
+TINY = ["--dataset_file", "toy", "--device", "cpu", "--backbone", "resnet18", "--no_pretrained_backbone",
+        "--hidden_dim", "32", "--dim_feedforward", "64", "--enc_layers", "2", "--dec_layers", "2",
+        "--nheads", "2", "--num_queries", "10", "--num_feature_levels", "1", "--enc_n_points", "2",
+        "--dec_n_points", "2"]
+
+
+def _tiny_args(*extra: str) -> argparse.Namespace:
+    from util.args import get_args_parser
+
+    return argparse.ArgumentParser(parents=[get_args_parser()]).parse_args(TINY + list(extra))
+
+
+def _tiny_checkpoint(*flags: str, with_args: bool = True) -> dict:
+    from models import build_model
+
+    args = _tiny_args(*flags)
+    model, _, _ = build_model(args)
+    checkpoint = {"model": model.state_dict(), "epoch": 0}
+    if with_args:
+        checkpoint["args"] = args
+    return checkpoint
+
+
+def _resume_into(checkpoint: dict, tmp_path, *flags: str):
+    """main._resume of ``checkpoint`` into a model built from ``flags``; returns that model."""
+    import main as main_module
+    from models import build_model
+
+    path = str(tmp_path / "ckpt.pth")
+    torch.save(checkpoint, path)
+    args = _tiny_args("--resume", path, *flags)
+    model, _, _ = build_model(args)
+    optimizer, scheduler = main_module.build_optimizer(model, args)
+    main_module._resume(args, model, optimizer, scheduler, None)
+    return model
+
+
+def test_two_stage_checkpoint_into_base_config_stops_naming_each_flag(tmp_path):
+    checkpoint = _tiny_checkpoint("--with_box_refine", "--two_stage")
+    with pytest.raises(CheckpointError) as info:
+        _resume_into(checkpoint, tmp_path, "--eval")
+    message = str(info.value)
+    assert "ckpt.pth" in message and "\n" not in message
+    assert "--with_box_refine (checkpoint True, this run False)" in message
+    assert "--two_stage (checkpoint True, this run False)" in message
+    assert "pass --with_box_refine --two_stage" in message
+    assert "--allow_partial_load" in message and "test.py" in message
+    # Training from it is no resume either.
+    with pytest.raises(CheckpointError, match="--two_stage"):
+        _resume_into(checkpoint, tmp_path)
+
+
+def test_every_value_difference_is_named_with_the_flag_to_pass(tmp_path):
+    checkpoint = _tiny_checkpoint("--bf", "1", "--insert_idx", "0", "1", "--share_bf", "0")
+    with pytest.raises(CheckpointError) as info:
+        _resume_into(checkpoint, tmp_path, "--eval", "--position_embedding", "learned")
+    message = str(info.value)
+    assert "--position_embedding (checkpoint sine, this run learned)" in message
+    assert "--bf (checkpoint 1, this run 0)" in message
+    assert "pass --position_embedding sine --bf 1 --share_bf 0 --insert_idx 0 1" in message
+    # Flags the other way round: the run has a flag the checkpoint lacks.
+    expected = r"--with_box_refine \(checkpoint False, this run True\).*drop --with_box_refine"
+    with pytest.raises(CheckpointError, match=expected):
+        _resume_into(_tiny_checkpoint(), tmp_path, "--eval", "--with_box_refine")
+
+
+def test_matching_architecture_loads_and_numpy_values_compare_equal(tmp_path):
+    import numpy as np
+
+    checkpoint = _tiny_checkpoint()
+    saved = checkpoint["args"]
+    saved.hidden_dim, saved.dilation = np.int64(32), np.bool_(False)
+    saved.position_embedding_scale = np.float64(saved.position_embedding_scale)
+    model = _resume_into(checkpoint, tmp_path, "--eval")
+    for k, v in checkpoint["model"].items():
+        assert torch.equal(model.state_dict()[k], v)
+
+
+def test_flags_a_checkpoint_predates_count_as_their_defaults(tmp_path):
+    """Published Deformable DETR checkpoints record no BatchFormer flags: they were trained without one."""
+    checkpoint = _tiny_checkpoint()
+    for flag in ("bf", "share_bf", "insert_idx", "bt_num_layers", "eval_bf"):
+        delattr(checkpoint["args"], flag)
+    _resume_into(checkpoint, tmp_path, "--eval")
+    with pytest.raises(CheckpointError, match=r"--bf \(checkpoint 0, this run 1\)"):
+        _resume_into(checkpoint, tmp_path, "--eval", "--bf", "1")
+
+
+def test_batchformer_layout_flags_do_not_matter_without_a_batchformer(tmp_path):
+    checkpoint = _tiny_checkpoint()
+    checkpoint["args"].share_bf, checkpoint["args"].insert_idx = 0, [1]
+    _resume_into(checkpoint, tmp_path, "--eval")
+
+
+def test_allow_partial_load_opts_out_and_still_reports(tmp_path, capsys):
+    checkpoint = _tiny_checkpoint("--with_box_refine", "--two_stage")
+    model = _resume_into(checkpoint, tmp_path, "--eval", "--allow_partial_load")
+    out = capsys.readouterr().out
+    assert "--two_stage (checkpoint True, this run False)" in out
+    assert "query_embed.weight" in out  # left random, and said so
+    key = "class_embed.0.weight"
+    assert torch.equal(model.state_dict()[key], checkpoint["model"][key])
+
+
+def test_missing_weights_stop_eval_of_a_checkpoint_without_args(tmp_path):
+    checkpoint = _tiny_checkpoint("--with_box_refine", "--two_stage", with_args=False)
+    expected = r"ckpt.pth lacks 3 weight tensors .*reference_points.*query_embed.weight"
+    with pytest.raises(CheckpointError, match=expected):
+        _resume_into(checkpoint, tmp_path, "--eval")
+
+
+def test_batchformer_weights_may_be_missing_unless_evaluated_with_it(tmp_path, capsys):
+    """A BatchFormer is skipped at inference: a plain checkpoint evaluates with --bf 1, not with --eval_bf."""
+    checkpoint = _tiny_checkpoint(with_args=False)
+    _resume_into(checkpoint, tmp_path, "--eval", "--bf", "1")
+    assert "transformer.bf." in capsys.readouterr().out
+    with pytest.raises(CheckpointError, match=r"lacks .*transformer.bf."):
+        _resume_into(checkpoint, tmp_path, "--eval", "--bf", "1", "--eval_bf")
+
+
+def test_base_checkpoint_into_box_refine_reports_no_aliased_key(tmp_path, capsys):
+    """transformer.decoder.bbox_embed.i is bbox_embed.i under a second name: loading one loads both."""
+    checkpoint = _tiny_checkpoint(with_args=False)
+    model = _resume_into(checkpoint, tmp_path, "--eval", "--with_box_refine")
+    assert "missing" not in capsys.readouterr().out
+    for i in range(2):
+        assert torch.equal(model.state_dict()[f"transformer.decoder.bbox_embed.{i}.layers.0.weight"],
+                           checkpoint["model"][f"bbox_embed.{i}.layers.0.weight"])
