@@ -1,9 +1,11 @@
 """tools/launch.py, run_dist_launch.sh (with sh and directly), run_dist_slurm.sh and the configs."""
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -151,3 +153,100 @@ def test_readme_command_chain_reaches_main_on_every_rank(tmp_path):
     for x in lines:
         assert "WORLD_SIZE=2" in x and x.endswith(
             "--output_dir exps/r50_deformable_detr --batch-size 3 --bf 1 --insert_idx 0 --share_bf 0")
+
+
+# A config script's shape: sh runs python without exec, so python is the launcher's grandchild.
+SLEEPER_SH = """#!/bin/sh
+echo $$ > "$OUT/sh_$RANK"
+"$PY" -c 'import os, sys, time; open(sys.argv[1], "w").write(str(os.getpid())); time.sleep(120)' \
+    "$OUT/py_$RANK"
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie holds no GPU
+    except FileNotFoundError:
+        return False
+
+
+def _wait_for(cond, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return cond()
+
+
+def _start_sleepers(tmp_path, child_text: str, *launch_args: str) -> tuple[subprocess.Popen, list[int]]:
+    child = _script(tmp_path / "sleeper.sh", child_text)
+    env = {**os.environ, "OUT": str(tmp_path), "PY": sys.executable}
+    launcher = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "launch.py"), "--nproc_per_node",
+                                 "2", *launch_args, child], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+    names = [f"{kind}_{r}" for kind in ("sh", "py") for r in (0, 1)]
+
+    def started() -> bool:
+        return all((tmp_path / n).exists() and (tmp_path / n).read_text() for n in names)
+
+    assert _wait_for(started, 30), "the children did not start"
+    return launcher, [int((tmp_path / n).read_text()) for n in names]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux only")
+def test_children_die_with_a_killed_launcher(tmp_path):
+    """The OOM killer or a scheduler SIGKILLs the launcher: no child or grandchild keeps its GPU."""
+    launcher, pids = _start_sleepers(tmp_path, SLEEPER_SH)
+    try:
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait(timeout=10)
+        assert _wait_for(lambda: not any(_alive(p) for p in pids), 10), \
+            f"still running after the launcher was killed: {[p for p in pids if _alive(p)]}"
+    finally:
+        for p in pids:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def test_sigterm_reaches_children_and_a_stuck_one_is_killed(tmp_path):
+    """SIGTERM to the launcher goes to every child; one that does not stop (a rank blocked in a
+    collective ignores its handler) is killed after --stop_timeout, and the launcher returns."""
+    stuck = SLEEPER_SH.replace('echo $$', 'trap "" TERM\necho $$', 1)  # python inherits the ignored TERM
+    launcher, pids = _start_sleepers(tmp_path, stuck, "--stop_timeout", "1")
+    try:
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=15) != 0
+        assert _wait_for(lambda: not any(_alive(p) for p in pids), 10)
+        assert b"did not stop" in launcher.stderr.read()
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        for p in pids:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("gpus,per_node,message", [
+    ("12", "8", "12 GPUs is not a multiple of GPUS_PER_NODE=8"),
+    ("0", "", "positive integer"),
+    ("4", "0", "GPUS_PER_NODE must be a positive integer"),
+])
+@pytest.mark.parametrize("script", ["run_dist_launch.sh", "run_dist_slurm.sh"])
+def test_dist_scripts_reject_partial_nodes(tmp_path, script, gpus, per_node, message):
+    # Rounding 12 GPUs up to 2 nodes of 8 would start a 16-rank world.
+    # Stand-ins for srun and for the python that would run launch.py: nothing may start.
+    _script(tmp_path / "srun", '#!/bin/sh\necho "STARTED $*"\n')
+    fake_python = _script(tmp_path / "python", '#!/bin/sh\necho "STARTED $*"\n')
+    child = _script(tmp_path / "noop.sh", "#!/bin/sh\n")
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "PYTHON": fake_python}
+    env.pop("GPUS_PER_NODE", None)
+    if per_node:
+        env["GPUS_PER_NODE"] = per_node
+    pre = ["part", "job"] if script == "run_dist_slurm.sh" else []
+    out = subprocess.run(["sh", os.path.join(ROOT, "tools", script), *pre, gpus, child],
+                         env=env, capture_output=True, text=True, timeout=20)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "STARTED" not in out.stdout
