@@ -115,7 +115,7 @@ def _what_was_not_finite(loss: float, terms: dict[str, float], weight_dict: dict
                          grad_norm: float) -> str:
     if not math.isfinite(loss):
         return f"loss is {loss}; non-finite terms: {_non_finite_terms(terms, weight_dict)}"
-    return f"gradients not finite (total norm {grad_norm}) although the loss ({loss:.4f}) is"
+    return f"gradients not finite: total norm {grad_norm}, with a finite loss of {loss:.4f}"
 
 
 def _log_terms(logger: MetricLogger, loss: float, terms: dict[str, float],
@@ -207,8 +207,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
                                          f"training; the last: {what}. {_ADVICE}")
             # update() without step(): the scale drops if the gradients overflowed, the weights stay.
             scaler.update()
-            print(f"Epoch: [{epoch}] iteration {i}: --amp fp16 step skipped ({what}); {skipped} skipped "
-                  "this epoch", flush=True)
+            print(f"Epoch: [{epoch}] iteration {i}: --amp fp16 step skipped, the weights unchanged ({what}); "
+                  f"{skipped} skipped this epoch, {in_a_row} in a row", flush=True)
 
         if math.isfinite(loss_value):
             _log_terms(logger, loss_value, terms, weight_dict)
