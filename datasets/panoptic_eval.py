@@ -223,8 +223,10 @@ def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: str | None = N
 class PanopticEvaluator:
     """Collects ``PostProcessPanoptic`` results during ``--eval`` and computes PQ at the end.
 
-    Each rank scores its own images against the GT PNGs as they come (``PQStat`` sums are all it
-    sends to the others), so no folder needs to be shared for the figures. With ``output_dir`` the
+    Each rank scores its own images against the GT PNGs as they come (one ``PQStat`` per image is
+    all it sends to the others), so no folder needs to be shared for the figures. An image scored
+    on several ranks (the distributed sampler pads the last shard with the first images) or twice
+    counts once. With ``output_dir`` the
     predictions are also written in COCO panoptic results format: the PNGs by every rank into
     ``output_dir`` and ``output_dir/predictions.json`` by the main process.
     """
@@ -241,6 +243,7 @@ class PanopticEvaluator:
         if output_dir:
             os.makedirs(output_dir, exist_ok=True)
         self.stat = PQStat()
+        self.image_stats: dict[int, PQStat] = {}
         self.predictions: list[dict] = []
 
     def update(self, results: list[dict], targets: list[dict] | None = None) -> None:
@@ -256,13 +259,18 @@ class PanopticEvaluator:
                                  "were given")
             if image_id not in self.gt:
                 raise KeyError(f"image_id {image_id} has no annotation in {self.gt_json_file}")
+            if image_id in self.image_stats:  # padding of the distributed sampler
+                continue
             gt_ann = self.gt[image_id]
             segments = [{"id": s["id"], "category_id": s["category_id"]} for s in res["segments_info"]]
             with Image.open(io.BytesIO(res["png_string"])) as im:
                 pred_ids = rgb2id(np.asarray(im.convert("RGB")))
-            self.stat.add_image(read_panoptic_png(os.path.join(self.gt_folder, gt_ann["file_name"])),
-                                gt_ann["segments_info"], pred_ids, segments, self.categories,
-                                name=f"image {image_id}")
+            stat = PQStat()
+            stat.add_image(read_panoptic_png(os.path.join(self.gt_folder, gt_ann["file_name"])),
+                           gt_ann["segments_info"], pred_ids, segments, self.categories,
+                           name=f"image {image_id}")
+            self.image_stats[image_id] = stat
+            self.stat += stat
             if self.output_dir:
                 with open(os.path.join(self.output_dir, gt_ann["file_name"]), "wb") as f:
                     f.write(res["png_string"])
@@ -270,11 +278,19 @@ class PanopticEvaluator:
                                      "segments_info": segments})
 
     def synchronize_between_processes(self) -> None:
-        stats = all_gather(self.stat)
+        """Merge every rank's images; an image scored on several ranks keeps one copy."""
+        image_stats: dict[int, PQStat] = {}
+        predictions: dict[int, dict] = {}
+        for rank_stats, rank_predictions in all_gather((self.image_stats, self.predictions)):
+            for image_id, stat in rank_stats.items():
+                image_stats.setdefault(image_id, stat)
+            for p in rank_predictions:
+                predictions.setdefault(p["image_id"], p)
+        self.image_stats = image_stats
         self.stat = PQStat()
-        for stat in stats:
-            self.stat += stat
-        self.predictions = [p for rank_preds in all_gather(self.predictions) for p in rank_preds]
+        for image_id in sorted(image_stats):
+            self.stat += image_stats[image_id]
+        self.predictions = [predictions[i] for i in sorted(predictions)]
 
     def summarize(self) -> dict:
         """{'All', 'Things', 'Stuff': {pq, sq, rq, n}, 'per_class'}; the main process writes the JSON."""

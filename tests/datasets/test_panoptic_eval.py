@@ -208,3 +208,36 @@ def test_evaluator_writes_results_format(tmp_path):
     assert res["All"]["pq"] == pytest.approx(1.0)
     # the written results score the same through the file-based function
     assert pq_compute(gt_json, os.path.join(out, "predictions.json"), gt_dir, out)["All"] == res["All"]
+
+
+def test_two_ranks_merge_to_the_one_rank_result(tmp_path, monkeypatch):
+    """DistributedSampler pads the last rank with the first images again: an image evaluated on two
+    ranks (or twice on one) counts once, as in a single-process evaluation."""
+    import datasets.panoptic_eval as panoptic_eval_module
+
+    rng = np.random.default_rng(3)
+    gts = [_random_gt(rng) for _ in range(5)]
+    preds = [_random_pred(rng, ids, seg) for ids, seg in gts]
+    gt_json, gt_dir = _write_set(str(tmp_path), "gt", gts)
+
+    def evaluate(image_ids):
+        ev = PanopticEvaluator(gt_json, gt_dir)
+        for i in image_ids:
+            ids, seg = preds[i]
+            ev.update([{"png_string": png_bytes(ids), "segments_info": seg, "image_id": i}])
+        return ev
+
+    single = evaluate(range(5))
+    single.synchronize_between_processes()
+    expected = single.summarize()
+    rank0, rank1 = evaluate([0, 1, 2]), evaluate([3, 4, 0, 0])
+    sent_by_rank1 = []
+    monkeypatch.setattr(panoptic_eval_module, "all_gather", lambda obj: sent_by_rank1.append(obj) or [obj])
+    rank1.synchronize_between_processes()
+    monkeypatch.setattr(panoptic_eval_module, "all_gather", lambda obj: [obj, sent_by_rank1.pop(0)])
+    rank0.synchronize_between_processes()
+    merged = rank0.summarize()
+    for split in ("All", "Things", "Stuff"):
+        assert merged[split] == pytest.approx(expected[split]), split
+    assert sorted(p["image_id"] for p in rank0.predictions) == [0, 1, 2, 3, 4]
+    assert 0.2 < expected["All"]["pq"] < 0.95  # partial credit: a double count would show
