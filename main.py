@@ -20,8 +20,9 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
 import util.dist as dist_utils
+from datasets import DatasetError, data_error_message
 from engine import NonFiniteLossError, evaluate, train_one_epoch
-from util.args import get_args_parser  # noqa: F401  (main.get_args_parser is public API)
+from util.args import get_args_parser, validate_args
 from util.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from util.misc import collate_fn
 
@@ -287,13 +288,17 @@ def main(args) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser("Deformable DETR training and evaluation script",
+    parser = argparse.ArgumentParser(prog="main.py",
+                                     description="Deformable DETR training and evaluation script",
                                      parents=[get_args_parser()])
     args = parser.parse_args(argv)
+    validate_args(parser, args)
     try:
         main(args)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from e
+    except DatasetError as e:
+        raise SystemExit(f"main.py: data error: {data_error_message(e)}") from e
     finally:
         if dist_utils.is_dist_avail_and_initialized():
             torch.distributed.destroy_process_group()

@@ -11,20 +11,17 @@ import os
 import warnings
 from pathlib import Path
 
+import PIL.Image
 import torch
 from pycocotools import mask as coco_mask
 
+from datasets import DatasetNotFoundError, DatasetReadError
 from datasets import transforms as T
 from datasets.torchvision_datasets import CocoDetection as _CocoImages
 from util.dist import get_local_rank, get_local_size, is_dist_avail_and_initialized
 
-COCO_LAYOUT = (
-    "{root}/\n"
-    "  train2017/                          training images\n"
-    "  val2017/                            validation images\n"
-    "  annotations/instances_train2017.json\n"
-    "  annotations/instances_val2017.json"
-)
+COCO_LAYOUT = ("train2017/, val2017/, annotations/instances_train2017.json and "
+               "annotations/instances_val2017.json")
 
 
 class CocoDetection(_CocoImages):
@@ -34,8 +31,27 @@ class CocoDetection(_CocoImages):
                  cache_mode: bool = False, local_rank: int = 0, local_size: int = 1):
         super().__init__(img_folder, ann_file, cache_mode=cache_mode,
                          local_rank=local_rank, local_size=local_size)
+        self.fill_missing_sizes()
         self._transforms = transforms
         self.prepare = ConvertCocoPolysToMask(return_masks)
+
+    def fill_missing_sizes(self) -> None:
+        """Give image entries without 'height'/'width' the size of their file (pycocotools and the
+        public code accept such files). The evaluation's ground truth needs them to rasterise polygons,
+        so they are read here, once, rather than in the data loader's workers; only the image header is
+        decoded."""
+        for image_id in self.ids:
+            info = self.coco.imgs[image_id]
+            if "height" in info and "width" in info:
+                continue
+            path = self.image_path(image_id)
+            try:
+                with PIL.Image.open(path) as img:
+                    info["width"], info["height"] = img.size
+            except FileNotFoundError as e:
+                raise DatasetNotFoundError(f"image file not found: {path}") from e
+            except (OSError, SyntaxError, ValueError) as e:
+                raise DatasetReadError(f"cannot read image {path}: {e}") from e
 
     def __getitem__(self, index: int):
         image, annotations = super().__getitem__(index)
@@ -115,9 +131,8 @@ def check_coco_layout(root: Path, image_set: str) -> tuple[Path, Path]:
     ann_file = root / "annotations" / f"instances_{split[image_set]}.json"
     for path in (root, img_folder, ann_file):
         if not path.exists():
-            raise FileNotFoundError(
-                f"COCO data not found: {path} does not exist. --coco_path must point to a folder "
-                f"laid out as\n{COCO_LAYOUT.format(root=root)}"
+            raise DatasetNotFoundError(
+                f"COCO data not found: {path} does not exist (--coco_path {root} must hold {COCO_LAYOUT})"
             )
     return img_folder, ann_file
 

@@ -6,6 +6,9 @@ underscored flag because the BatchFormer README uses them.
 """
 import argparse
 import math
+import os
+import sys
+from pathlib import Path
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,6 +67,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num_queries", default=300, type=int)
     p.add_argument("--dec_n_points", default=4, type=int)
     p.add_argument("--enc_n_points", default=4, type=int)
+    p.add_argument("--drop_path", default=0.0, type=float,
+                   help="accepted for the public BatchFormerV2 command lines; it changes nothing "
+                        "(nor did it there)")
     # segmentation
     p.add_argument("--masks", action="store_true", help="train the segmentation head")
     p.add_argument("--panoptic_threshold", default=0.3, type=float,
@@ -151,3 +157,218 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_loss_args(parser)
     _add_run_args(parser)
     return parser
+
+
+# Validation. Each check returns a message naming the flag and what is allowed, or None; the parser is
+# built without constraints (its defaults and types are the public ones), so that parent parsers and
+# scripts that fill an args namespace themselves keep working.
+
+_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+_BOTTLENECK_BACKBONES = ("resnet50", "resnet101", "resnet152")
+_BF_MODES = (0, 1)  # 0 off, 1 two-stream BatchFormerV2
+
+# flag: smallest allowed value
+_INT_MINIMA = {
+    "batch_size": 1, "epochs": 0, "start_epoch": 0, "num_feature_levels": 1, "enc_layers": 1,
+    "dec_layers": 1, "dim_feedforward": 1, "hidden_dim": 1, "nheads": 1, "num_queries": 1,
+    "dec_n_points": 1, "enc_n_points": 1, "bt_num_layers": 1, "num_workers": 0, "print_freq": 1,
+    "max_iters_per_epoch": 0, "max_eval_iters": 0, "eval_every": 0,
+}
+_NON_NEGATIVE = (
+    "lr", "lr_backbone", "lr_linear_proj_mult", "weight_decay", "clip_max_norm", "position_embedding_scale",
+    "set_cost_class", "set_cost_bbox", "set_cost_giou", "mask_loss_coef", "dice_loss_coef", "cls_loss_coef",
+    "bbox_loss_coef", "giou_loss_coef",
+)
+_UNIT_INTERVAL = ("dropout", "panoptic_threshold")
+
+
+def _flag(name: str) -> str:
+    return f"--{name}"
+
+
+def _check_numbers(args: argparse.Namespace) -> str | None:
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{_flag(name)} must be a finite number, got {value}"
+    for name, minimum in _INT_MINIMA.items():
+        value = getattr(args, name, None)
+        if value is not None and value < minimum:
+            return f"{_flag(name)} must be an integer >= {minimum}, got {value}"
+    for name in _NON_NEGATIVE:
+        value = getattr(args, name, None)
+        if value is not None and value < 0:
+            return f"{_flag(name)} must be >= 0, got {value}"
+    for name in _UNIT_INTERVAL:
+        value = getattr(args, name, None)
+        if value is not None and not 0 <= value <= 1:
+            return f"{_flag(name)} must be in [0, 1], got {value}"
+    if getattr(args, "focal_alpha", None) is not None and args.focal_alpha > 1:
+        return f"--focal_alpha must be in [0, 1] (or negative: no alpha weighting), got {args.focal_alpha}"
+    if getattr(args, "drop_path", None) is not None and not 0 <= args.drop_path < 1:
+        return f"--drop_path must be in [0, 1), got {args.drop_path}"
+    if getattr(args, "seed", None) is not None and not 0 <= args.seed < 2**32 - 1024:
+        # numpy seeds must be < 2**32, and every rank seeds with seed + rank
+        return f"--seed must be in [0, 2**32 - 1024), got {args.seed}"
+    if getattr(args, "lr_drop_epochs", None):
+        bad = [e for e in args.lr_drop_epochs if e < 1]
+        if bad:
+            return f"--lr_drop_epochs must be epochs >= 1, got {bad}"
+    elif getattr(args, "lr_drop", None) is not None and args.lr_drop < 1:
+        return f"--lr_drop must be an integer >= 1 (epochs between lr drops), got {args.lr_drop}"
+    if all(getattr(args, f"set_cost_{k}", 1) == 0 for k in ("class", "bbox", "giou")):
+        return ("--set_cost_class, --set_cost_bbox and --set_cost_giou are all 0: the matching would be "
+                "arbitrary")
+    return None
+
+
+def _check_architecture(args: argparse.Namespace) -> str | None:
+    if args.backbone not in _BACKBONES:
+        return f"--backbone must be one of {', '.join(_BACKBONES)}, got {args.backbone!r}"
+    if args.dilation and args.backbone not in _BOTTLENECK_BACKBONES:
+        return (f"--dilation needs a bottleneck ResNet ({', '.join(_BOTTLENECK_BACKBONES)}), "
+                f"got --backbone {args.backbone}")
+    if args.hidden_dim % 32:
+        return (f"--hidden_dim must be a multiple of 32 (the input projections use GroupNorm(32)), "
+                f"got {args.hidden_dim}")
+    if args.hidden_dim % args.nheads:
+        return f"--hidden_dim ({args.hidden_dim}) must be divisible by --nheads ({args.nheads})"
+    # Multi-scale takes three backbone levels (strides 8, 16, 32) and adds extra ones on top.
+    if args.num_feature_levels == 2 or (args.masks and args.num_feature_levels < 3):
+        needs = "with --masks" if args.masks else "multi-scale"
+        return (f"--num_feature_levels must be 1 (single scale) or >= 3 ({needs}, the backbone gives "
+                f"three levels), got {args.num_feature_levels}")
+    if args.frozen_weights is not None and not args.masks:
+        return "--frozen_weights trains only the mask head on a frozen detector: it needs --masks"
+    return None
+
+
+def _check_batchformer(args: argparse.Namespace) -> str | None:
+    if args.bf not in _BF_MODES:
+        return f"--bf must be 0 (off) or 1 (two-stream BatchFormerV2), got {args.bf}"
+    if args.share_bf not in (0, 1):
+        return f"--share_bf must be 0 or 1, got {args.share_bf}"
+    if args.eval_bf not in (0, 1):
+        return f"--eval_bf must be 0 or 1, got {args.eval_bf}"
+    if args.bf and args.insert_idx:
+        bad = [i for i in args.insert_idx if not 0 <= i < args.enc_layers]
+        if bad:
+            return (f"--insert_idx must be encoder layer indices in [0, {args.enc_layers}) "
+                    f"(--enc_layers {args.enc_layers}), got {bad}")
+    return None
+
+
+def _check_data(args: argparse.Namespace) -> str | None:
+    from datasets import DATASET_FILES
+
+    if args.dataset_file not in DATASET_FILES:
+        return f"--dataset_file must be one of {', '.join(DATASET_FILES)}, got {args.dataset_file!r}"
+    if args.dataset_file in ("coco", "coco_panoptic") and not os.path.isdir(args.coco_path):
+        return (f"--coco_path {args.coco_path}: no such folder (it holds train2017/, val2017/ and "
+                "annotations/instances_{train,val}2017.json; --dataset_file toy needs no data)")
+    if args.dataset_file == "coco_panoptic":
+        if not args.coco_panoptic_path:
+            return ("--dataset_file coco_panoptic needs --coco_panoptic_path (the folder with "
+                    "annotations/panoptic_{train,val}2017.json and the panoptic PNG folders)")
+        if not os.path.isdir(args.coco_panoptic_path):
+            return f"--coco_panoptic_path {args.coco_panoptic_path}: no such folder"
+    for name in ("toy_root", "toy_panoptic_root"):
+        problem = _creatable_dir_problem(getattr(args, name, None))
+        if problem:
+            return f"{_flag(name)} {problem}"
+    return None
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _creatable_dir_problem(path: str | None) -> str | None:
+    """Why ``path`` can be neither used nor created as a folder, or None (nothing is created here)."""
+    if not path:
+        return None
+    p = Path(path).absolute()
+    if p.exists():
+        if not p.is_dir():
+            return f"{path}: exists and is not a folder"
+        return None if os.access(p, os.W_OK | os.X_OK) else f"{path}: the folder is not writable"
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{path}: cannot be created, {parent} is not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{path}: cannot be created, {parent} is not writable"
+    return None
+
+
+def _check_paths(args: argparse.Namespace) -> str | None:
+    resume = getattr(args, "resume", "")
+    if resume and not _is_url(resume) and not os.path.isfile(resume):
+        return f"--resume {resume}: no such file (a checkpoint path, or an http(s) URL)"
+    for name in ("frozen_weights", "backbone_weights"):
+        path = getattr(args, name, None)
+        if path and not (name == "frozen_weights" and _is_url(path)) and not os.path.isfile(path):
+            return f"{_flag(name)} {path}: no such file"
+    problem = _creatable_dir_problem(getattr(args, "output_dir", ""))
+    return f"--output_dir {problem}" if problem else None
+
+
+def _check_device(args: argparse.Namespace) -> str | None:
+    import torch
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        return f"--device must be a torch device such as cpu, cuda or cuda:1, got {args.device!r}"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"--device {args.device}: CUDA is not available on this machine; use --device cpu"
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            return f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None
+
+
+_CHECKS = (_check_numbers, _check_architecture, _check_batchformer, _check_data, _check_paths, _check_device)
+
+
+def args_problem(args: argparse.Namespace) -> str | None:
+    """The first problem of the parsed flags, as one line naming the flag, or None."""
+    for check in _CHECKS:
+        problem = check(args)
+        if problem:
+            return problem
+    return None
+
+
+def args_notices(args: argparse.Namespace) -> list[str]:
+    """Remarks on flags that are valid but do less than a user may expect."""
+    notes = []
+    if getattr(args, "drop_path", 0):
+        notes.append(f"--drop_path {args.drop_path} has no effect: the public BatchFormerV2 code accepts the "
+                     "flag without using it, and so does this one")
+    per_device = getattr(args, "bf_scope", "device") == "device"
+    if args.bf == 1 and not args.eval and per_device and args.batch_size < 2:
+        notes.append(f"--bf 1 with --batch_size {args.batch_size}: the BatchFormer attends across the images "
+                     "of each device's batch, so with one image it attends to nothing but itself; use "
+                     "--batch_size 2 or more")
+    return notes
+
+
+def _is_first_process() -> bool:
+    """Rank 0 (or not distributed), from the launchers' environment: called before the process group."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            return os.environ[var] == "0"
+    return True
+
+
+def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Check parsed flags before anything is built: a bad one exits through ``parser.error``
+    (``<prog>: error: --flag ...``, exit code 2) instead of a traceback from deep inside the model or
+    the data; notices on valid but ineffective flags go to stderr once, from the first process."""
+    problem = args_problem(args)
+    if problem:
+        parser.error(problem)
+    if _is_first_process():
+        for note in args_notices(args):
+            print(f"{parser.prog}: warning: {note}", file=sys.stderr, flush=True)

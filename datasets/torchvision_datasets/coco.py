@@ -20,11 +20,14 @@ import PIL.Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-_IMAGE_KEYS = ("id", "file_name", "height", "width")
+from datasets import DatasetError, DatasetNotFoundError, DatasetReadError
+
+# 'height' and 'width' are optional, as for pycocotools: the image file has them.
+_IMAGE_KEYS = ("id", "file_name")
 _ANNOTATION_KEYS = ("id", "image_id", "category_id", "bbox")
 
 
-class AnnotationFileError(ValueError):
+class AnnotationFileError(DatasetError, ValueError):
     """The instances JSON is not a valid COCO detection file."""
 
 
@@ -77,7 +80,7 @@ def validate_coco_dict(data, ann_file: str) -> None:
 def load_coco_api(ann_file: str) -> COCO:
     """Read, check and index a COCO instances file (pycocotools' own prints are silenced)."""
     if not os.path.isfile(ann_file):
-        raise FileNotFoundError(f"annotation file not found: {ann_file}")
+        raise DatasetNotFoundError(f"annotation file not found: {ann_file}")
     try:
         with open(ann_file, encoding="utf-8") as f:
             data = json.load(f)
@@ -102,9 +105,9 @@ def read_image(path: str, data: bytes | None = None) -> PIL.Image.Image:
         with PIL.Image.open(io.BytesIO(data) if data is not None else path) as img:
             return img.convert("RGB")
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"image file not found: {path}") from e
+        raise DatasetNotFoundError(f"image file not found: {path}") from e
     except (OSError, SyntaxError, ValueError) as e:
-        raise OSError(f"cannot read image {path}: {e}") from e
+        raise DatasetReadError(f"cannot read image {path}: {e}") from e
 
 
 class CocoDetection(Dataset):
@@ -136,7 +139,7 @@ class CocoDetection(Dataset):
                 with open(path, "rb") as f:
                     self.cache[path] = f.read()
             except FileNotFoundError as e:
-                raise FileNotFoundError(f"image file not found: {path}") from e
+                raise DatasetNotFoundError(f"image file not found: {path}") from e
 
     def get_image(self, image_id: int) -> PIL.Image.Image:
         path = self.image_path(image_id)

@@ -121,3 +121,24 @@ def test_unknown_dataset_file(coco_folder):
     args.dataset_file = "voc"
     with pytest.raises(ValueError, match="dataset_file 'voc'"):
         build_dataset("train", args)
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on NumPy 2
+def test_images_without_height_and_width_take_them_from_the_files(tmp_path, write_coco_folder):
+    """pycocotools and the public code accept image entries without 'height'/'width'."""
+    root = tmp_path / "coco"
+    data = write_coco_folder(root)
+    sizes = {img["id"]: (img["height"], img["width"]) for img in data["images"]}
+    for img in data["images"]:
+        del img["height"], img["width"]
+    _write_ann(root, data)
+    ds = _raw(root)
+    assert {i: (ds.coco.imgs[i]["height"], ds.coco.imgs[i]["width"]) for i in ds.ids} == sizes
+    img, t = ds[0]
+    assert img.size == (100, 80) and t["masks"].shape == (2, 80, 100)
+    assert t["boxes"].tolist() == [[10, 20, 40, 60], [80, 60, 100, 80]]
+    # the evaluation's ground truth (segm needs the sizes to rasterise polygons) has them too
+    coco = get_coco_api_from_dataset(ds)
+    assert coco.annToMask(coco.anns[1]).shape == (80, 100)
+    img, t = build_dataset("train", _args(root))[2]
+    assert t["orig_size"].tolist() == [90, 120]
