@@ -447,3 +447,34 @@ def load_weights(model: nn.Module, checkpoint: dict, args: argparse.Namespace, n
                 "evaluating it would score a partly random model; check the architecture flags (test.py "
                 "reads them from the checkpoint's args), or pass --allow_partial_load to evaluate anyway")
     return report
+
+
+# What test.py takes from a checkpoint besides STRUCTURAL_FLAGS: the data set fixes the number of classes.
+RECORDED_MODEL_FLAGS = (*STRUCTURAL_FLAGS, "dataset_file")
+
+
+def adopt_recorded_flags(args: argparse.Namespace, saved_args, given: set[str], name: str) -> list[str]:
+    """Give ``args`` the model flags the checkpoint records, except those in ``given``; returns notices.
+
+    ``given``: the flags the user typed, which win. Structural ones that then differ from the
+    checkpoint are listed in ``args.arch_overrides`` so that ``load_weights`` takes them as meant
+    (the tensors must still fit).
+    """
+    args.arch_overrides = []
+    if saved_args is None:
+        return [f"{name} records no args: the model is built from the command line's flags"]
+    adopted, overridden, notices = [], [], []
+    for flag in RECORDED_MODEL_FLAGS:
+        recorded = recorded_value(saved_args, flag)
+        if flag in given:
+            ours = _plain(getattr(args, flag))
+            if not _same(_normalised(flag, ours, 1), _normalised(flag, recorded, 1)):
+                overridden.append(flag)
+                notices.append(f"--{flag} {ours} from the command line overrides the checkpoint's {recorded}")
+            continue
+        setattr(args, flag, recorded)
+        if not _same(recorded, _flag_defaults().get(flag)):
+            adopted += as_command_line(flag, recorded)
+    args.arch_overrides = [flag for flag in overridden if flag in STRUCTURAL_FLAGS]
+    shown = " ".join(adopted) if adopted else "the default flags"
+    return [f"model of {name}: {shown} (from its args)", *notices]
