@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,17 @@ from engine import NonFiniteLossError, evaluate, train_one_epoch
 from util.args import get_args_parser, validate_args
 from util.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from util.misc import collate_fn
+from util.run_state import (
+    EpochLoader,
+    Preempted,
+    ResumableBatchSampler,
+    StopRequest,
+    gather_rng_states,
+    ignore_sigterm,
+    merge_stats,
+    preserved_rng,
+    set_rng_state,
+)
 
 
 def match_name_keywords(name: str, keywords: list[str]) -> bool:
@@ -75,9 +87,11 @@ def build_loaders(dataset_train, dataset_val, args) -> tuple[DataLoader | None, 
         sampler_val = SequentialSampler(dataset_val)
     loader_train = None
     if dataset_train is not None:
-        batch_sampler = BatchSampler(sampler_train, args.batch_size, drop_last=True)
+        # Resumable: the epoch's batch order travels in a checkpoint written in the middle of it.
+        batch_sampler = ResumableBatchSampler(BatchSampler(sampler_train, args.batch_size, drop_last=True))
         loader_train = DataLoader(dataset_train, batch_sampler=batch_sampler, collate_fn=collate_fn,
-                                  num_workers=args.num_workers, pin_memory=args.device != "cpu")
+                                  num_workers=args.num_workers, pin_memory=args.device != "cpu",
+                                  worker_init_fn=ignore_sigterm)
     loader_val = DataLoader(dataset_val, args.batch_size, sampler=sampler_val, drop_last=False,
                             collate_fn=collate_fn, num_workers=args.num_workers,
                             pin_memory=args.device != "cpu")
@@ -131,15 +145,18 @@ def _load_frozen_weights(model: torch.nn.Module, path: str, args) -> None:
                  skip_flags=("masks",))
 
 
-def _resume(args, model, optimizer, scheduler, scaler) -> None:
-    """Weights always; optimizer, scheduler, epoch (and the fp16 grad scaler) unless --eval."""
+def _resume(args, model, optimizer, scheduler, scaler) -> dict | None:
+    """Weights always; optimizer, scheduler, epoch (and the fp16 grad scaler) unless --eval.
+
+    Returns the checkpoint when training continues from it (for what ``_continue_run`` restores).
+    """
     checkpoint = load_checkpoint(args.resume)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise CheckpointError(f"--resume {args.resume}: expected a dict with a 'model' entry "
                               f"(a checkpoint written by main.py), got {type(checkpoint).__name__}")
     load_weights(model, checkpoint, args, name=f"--resume {args.resume}", complete=args.eval)
     if args.eval or not all(k in checkpoint for k in ("optimizer", "lr_scheduler", "epoch")):
-        return
+        return None
     saved_groups = checkpoint["optimizer"].get("param_groups", [])
     if len(saved_groups) != len(optimizer.param_groups) or any(
             len(a["params"]) != len(b["params"]) for a, b in zip(saved_groups, optimizer.param_groups)):
@@ -155,13 +172,108 @@ def _resume(args, model, optimizer, scheduler, scaler) -> None:
     lrs = ", ".join(f"{g['lr']:.3g}" for g in optimizer.param_groups)
     print(f"Resumed from {args.resume} at epoch {args.start_epoch} (group lrs {lrs}, from the command line)",
           flush=True)
+    return checkpoint
+
+
+def _continue_run(checkpoint: dict | None, args, epoch_loader: EpochLoader) -> tuple[dict, int]:
+    """Put back the random generators of each rank and, for a run stopped in the middle of an epoch,
+    its batch order and position. Returns the stopped run's training stats of that epoch and the
+    number of iterations they average ({} and 0 when the epoch starts afresh)."""
+    if checkpoint is None:
+        return {}, 0
+    rank, world_size = dist_utils.get_rank(), dist_utils.get_world_size()
+    saved_rng = checkpoint.get("rng")
+    rng = saved_rng[rank] if isinstance(saved_rng, list) and len(saved_rng) == world_size else None
+    if saved_rng is not None and rng is None:
+        print(f"note: {args.resume} holds the random generator states of {len(saved_rng)} processes and "
+              f"this run has {world_size}; the random streams start from --seed instead", flush=True)
+    progress = checkpoint.get("progress")
+    if progress is None or progress["epoch"] != args.start_epoch:
+        if rng is not None:
+            set_rng_state(rng)
+        return {}, 0
+    epoch, done, batches = progress["epoch"], progress["iteration"], progress["batches"]
+    mine = batches[rank] if len(batches) == world_size else None
+    if mine is None or tuple(mine.shape) != (len(epoch_loader.batch_sampler.batch_sampler), args.batch_size):
+        print(f"note: epoch {epoch} was stopped after iteration {done} by a run with another number of "
+              "processes, batch size or data set; it restarts from its first batch", flush=True)
+        return {}, 0
+    epoch_loader.resume(mine.tolist(), done, rng)
+    print(f"Continuing epoch {epoch}, iteration {done} of {epoch_loader.epoch_length}, with the batch "
+          "order of the stopped run", flush=True)
+    return progress["train_stats"], done
+
+
+def _logged_epochs(output_dir: str) -> set[int]:
+    path = os.path.join(output_dir, "log.txt")
+    if not os.path.isfile(path):
+        return set()
+    epochs = set()
+    with open(path) as f:
+        for line in f:
+            try:
+                epochs.add(int(json.loads(line)["epoch"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    return epochs
+
+
+def _unlogged_epoch(checkpoint: dict | None, args) -> tuple[int, dict] | None:
+    """The finished epoch of this run's checkpoint whose evaluation and log line never completed.
+
+    A kill after the epoch's checkpoint and before its line reached log.txt would otherwise lose that
+    record for good: the resume starts at the next epoch. Only a checkpoint of this output directory
+    counts (a new run started from another run's checkpoint does not owe that run's record).
+    """
+    if checkpoint is None or "train_stats" not in checkpoint or not args.output_dir:
+        return None
+    saved_dir = getattr(checkpoint.get("args"), "output_dir", None)
+    if not saved_dir or os.path.realpath(saved_dir) != os.path.realpath(args.output_dir):
+        return None
+    # Rank 0 reads the log: other nodes may not share the file system.
+    logged = dist_utils.all_gather(checkpoint["epoch"] in _logged_epochs(args.output_dir))[0]
+    return None if logged else (checkpoint["epoch"], checkpoint["train_stats"])
+
+
+def _write_text(path: str, text: str) -> None:
+    """Replace ``path`` whole, so that a kill leaves the old or the new file, never half of one."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
+    _write_text(path, json.dumps(obj))
+
+
+def _append_log(output_dir: str, stats: dict) -> None:
+    """One JSON line per epoch in log.txt."""
+    path = os.path.join(output_dir, "log.txt")
+    old = ""
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = f.read()
+    _write_text(path, old + json.dumps(stats) + "\n")
+
+
+def _training_state(model: torch.nn.Module, optimizer, scheduler, scaler, epoch: int, args) -> dict:
+    """The checkpoint (the public layout, plus the grad scaler and every rank's generator states).
+
+    A collective: every rank must call it.
+    """
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": args,
+             "rng": gather_rng_states()}
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    return state
+
+
+def _save(state: dict, paths: list[str]) -> None:
+    if dist_utils.is_main_process():
+        for path in paths:
+            save_checkpoint(state, path)
 
 
 def _write_eval_outputs(output_dir: str, stats: dict, coco_evaluator) -> None:
@@ -185,6 +297,26 @@ def _checkpoint_paths(output_dir: str, epoch: int, args) -> list[str]:
     if before_drop or (epoch + 1) % 5 == 0:
         paths.append(os.path.join(output_dir, f"checkpoint{epoch:04d}.pth"))
     return paths
+
+
+def _save_progress_and_exit(stop: StopRequest, epoch: int, epoch_loader: EpochLoader, train_stats: dict,
+                            output_dir: str, model, optimizer, scheduler, scaler, args) -> None:
+    """Checkpoint the progress of an epoch a stop request cut short, then end the run.
+
+    ``epoch`` of the checkpoint stays the last finished one (what the public code resumes after);
+    ``progress`` holds the position, every rank's batch order and the stats so far.
+    """
+    where = f"epoch {epoch} after iteration {epoch_loader.done} of {epoch_loader.epoch_length}"
+    if not output_dir:
+        raise Preempted(stop.signum, f"stopped by {stop.signal_name} in {where}; nothing saved "
+                                     "(no --output_dir)")
+    state = _training_state(model, optimizer, scheduler, scaler, epoch - 1, args)
+    state["progress"] = {"epoch": epoch, "iteration": epoch_loader.done, "train_stats": train_stats,
+                         "batches": dist_utils.all_gather(torch.tensor(epoch_loader.batch_sampler.batches))}
+    path = os.path.join(output_dir, "checkpoint.pth")
+    _save(state, [path])
+    raise Preempted(stop.signum, f"stopped by {stop.signal_name} in {where}; saved the progress to {path}: "
+                                 f"continue with --resume {path}")
 
 
 def main(args) -> dict:
@@ -231,8 +363,7 @@ def main(args) -> dict:
     output_dir = args.output_dir
     if output_dir and dist_utils.is_main_process():
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-    if args.resume:
-        _resume(args, model_without_ddp, optimizer, scheduler, scaler)
+    resumed = _resume(args, model_without_ddp, optimizer, scheduler, scaler) if args.resume else None
 
     eval_kwargs = dict(print_freq=args.print_freq, max_iters=args.max_eval_iters, amp=args.amp,
                        eval_backend=args.coco_eval_backend, print_all_terms=args.print_all_terms)
@@ -244,43 +375,63 @@ def main(args) -> dict:
 
     print("Start training", flush=True)
     start_time = time.time()
-    test_stats: dict = {}
-    for epoch in range(args.start_epoch, args.epochs):
-        sampler = loader_train.batch_sampler.sampler
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        try:
-            train_stats = train_one_epoch(model, criterion, loader_train, optimizer, device, epoch,
-                                          args.clip_max_norm, print_freq=args.print_freq,
-                                          max_iters=args.max_iters_per_epoch, amp=args.amp, scaler=scaler,
-                                          find_unused_parameters=args.find_unused_parameters,
-                                          print_all_terms=args.print_all_terms)
-        except NonFiniteLossError as e:
-            raise SystemExit(f"Training stopped at epoch {epoch}: {e}") from e
-        scheduler.step()
-        if output_dir:
-            state = {"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
-                     "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": args}
-            if scaler is not None:
-                state["scaler"] = scaler.state_dict()
-            if dist_utils.is_main_process():
-                for path in _checkpoint_paths(output_dir, epoch, args):
-                    save_checkpoint(state, path)
+    stop = StopRequest()
+    epoch_loader = EpochLoader(loader_train, stop, args.max_iters_per_epoch)
+    unlogged = _unlogged_epoch(resumed, args)
+    stopped_part = _continue_run(resumed, args, epoch_loader)
 
+    def evaluate_and_log(epoch: int, train_stats: dict) -> dict:
         last = epoch + 1 == args.epochs
         test_stats = {}
         if args.eval_every > 0 and ((epoch + 1) % args.eval_every == 0 or last):
-            test_stats, coco_evaluator = evaluate(model, criterion, postprocessors, loader_val, base_ds,
-                                                  device, output_dir, **eval_kwargs)
+            # Evaluation draws from the generators (each DataLoader iterator takes a seed); training
+            # continues from the states the checkpoint holds, as a resumed run does.
+            with preserved_rng():
+                test_stats, coco_evaluator = evaluate(model, criterion, postprocessors, loader_val, base_ds,
+                                                      device, output_dir, **eval_kwargs)
             if last:
                 _write_eval_outputs(output_dir, test_stats, coco_evaluator)
-
         log_stats = {**{f"train_{k}": v for k, v in train_stats.items()},
                      **{f"test_{k}": v for k, v in test_stats.items()},
                      "epoch": epoch, "n_parameters": n_parameters}
         if output_dir and dist_utils.is_main_process():
-            with open(os.path.join(output_dir, "log.txt"), "a") as f:
-                f.write(json.dumps(log_stats) + "\n")
+            _append_log(output_dir, log_stats)
+        return test_stats
+
+    test_stats: dict = {}
+    # SIGTERM: training finishes its batch and saves the epoch's progress; elsewhere the run ends at once.
+    with stop.handling():
+        if unlogged is not None:
+            print(f"Epoch {unlogged[0]} finished but its evaluation and log line did not: completing them",
+                  flush=True)
+            test_stats = evaluate_and_log(*unlogged)
+        for epoch in range(args.start_epoch, args.epochs):
+            epoch_loader.batch_sampler.set_epoch(epoch)
+            with stop.deferred():
+                try:
+                    train_stats = train_one_epoch(model, criterion, epoch_loader, optimizer, device, epoch,
+                                                  args.clip_max_norm, print_freq=args.print_freq,
+                                                  max_iters=args.max_iters_per_epoch, amp=args.amp,
+                                                  scaler=scaler,
+                                                  find_unused_parameters=args.find_unused_parameters,
+                                                  print_all_terms=args.print_all_terms)
+                except NonFiniteLossError as e:
+                    raise SystemExit(f"Training stopped at epoch {epoch}: {e}") from e
+                (first_stats, first_count), stopped_part = stopped_part, ({}, 0)
+                train_stats = merge_stats(first_stats, first_count,
+                                          train_stats, epoch_loader.done - first_count)
+                if epoch_loader.stopped:
+                    _save_progress_and_exit(stop, epoch, epoch_loader, train_stats, output_dir,
+                                            model_without_ddp, optimizer, scheduler, scaler, args)
+                scheduler.step()
+                if output_dir:
+                    state = _training_state(model_without_ddp, optimizer, scheduler, scaler, epoch, args)
+                    state["train_stats"] = train_stats  # for the log line, should the evaluation be cut short
+                    _save(state, _checkpoint_paths(output_dir, epoch, args))
+            if stop.agreed():
+                raise Preempted(stop.signum, f"stopped by {stop.signal_name} after epoch {epoch}; its "
+                                             "checkpoint is written, and a resume evaluates it first")
+            test_stats = evaluate_and_log(epoch, train_stats)
 
     total_time = datetime.timedelta(seconds=int(time.time() - start_time))
     print(f"Training time {total_time}", flush=True)
@@ -299,6 +450,14 @@ def cli(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {e}") from e
     except DatasetError as e:
         raise SystemExit(f"main.py: data error: {data_error_message(e)}") from e
+    except Preempted as e:
+        print(f"main.py: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(e.code) from None
+    except KeyboardInterrupt:
+        last = os.path.join(args.output_dir, "checkpoint.pth") if args.output_dir else ""
+        kept = f"the last checkpoint, {last}, is intact" if last and os.path.isfile(last) else "no checkpoint"
+        print(f"main.py: interrupted (SIGINT); {kept}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.SIGINT) from None
     finally:
         if dist_utils.is_dist_avail_and_initialized():
             torch.distributed.destroy_process_group()

@@ -1,0 +1,204 @@
+"""Stopping and resuming training: a resumed run is the run that was never stopped.
+
+Tiny model on the toy set, two or three iterations per epoch. The in-process runs compare a run
+stopped after an epoch (or killed during the evaluation that follows it) with an uninterrupted one;
+the subprocess runs send real signals.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import main as main_module
+from util.checkpoint import load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--dataset_file", "toy", "--device", "cpu", "--backbone", "resnet18", "--no_pretrained_backbone",
+        "--hidden_dim", "32", "--dim_feedforward", "64", "--enc_layers", "1", "--dec_layers", "1",
+        "--nheads", "2", "--num_queries", "10", "--num_feature_levels", "1", "--enc_n_points", "2",
+        "--dec_n_points", "2", "--batch_size", "2", "--max_iters_per_epoch", "2", "--max_eval_iters", "1",
+        "--print_freq", "100"]
+
+
+def _args(output_dir, *extra) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(parents=[main_module.get_args_parser()])
+    return parser.parse_args(TINY + ["--output_dir", str(output_dir), *extra])
+
+
+def _weights(output_dir) -> dict:
+    return load_checkpoint(os.path.join(output_dir, "checkpoint.pth"))["model"]
+
+
+def _log(output_dir) -> list[dict]:
+    with open(os.path.join(output_dir, "log.txt")) as f:
+        return [json.loads(line) for line in f.read().splitlines()]
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """Two epochs, each followed by an evaluation, with --num_workers 0."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    main_module.main(_args(out, "--epochs", "2", "--num_workers", "0"))
+    return out
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_resume_after_an_epoch_reproduces_the_uninterrupted_run(uninterrupted, tmp_path, workers):
+    if workers == "0":
+        full = uninterrupted
+    else:
+        full = tmp_path / "full"
+        main_module.main(_args(full, "--epochs", "2", "--num_workers", workers))
+    part = tmp_path / "part"
+    main_module.main(_args(part, "--epochs", "1", "--num_workers", workers))
+    main_module.main(_args(part, "--epochs", "2", "--num_workers", workers,
+                           "--resume", str(part / "checkpoint.pth")))
+    _assert_same_weights(_weights(full), _weights(part))
+    assert _log(part) == _log(full)
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL: nothing in the program handles it."""
+
+
+@pytest.mark.parametrize("killed_call", [1, 2])
+def test_kill_during_evaluation_keeps_the_epoch_record(uninterrupted, tmp_path, monkeypatch, killed_call):
+    """Killed in the evaluation after epoch 0 (1) or after the last epoch (2), after its checkpoint."""
+    out = tmp_path / "run"
+    real_evaluate = main_module.evaluate
+    calls = []
+
+    def evaluate_then_die(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == killed_call:
+            raise _Killed()
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(main_module, "evaluate", evaluate_then_die)
+    with pytest.raises(_Killed):
+        main_module.main(_args(out, "--epochs", "2", "--num_workers", "0"))
+    assert load_checkpoint(str(out / "checkpoint.pth"))["epoch"] == killed_call - 1
+    assert len(_log(out) if (out / "log.txt").exists() else []) == killed_call - 1
+
+    monkeypatch.setattr(main_module, "evaluate", real_evaluate)
+    main_module.main(_args(out, "--epochs", "2", "--num_workers", "0",
+                           "--resume", str(out / "checkpoint.pth")))
+    # One line per epoch, each with its evaluation, as the run that was never killed wrote them.
+    assert _log(out) == _log(uninterrupted)
+    assert [x["epoch"] for x in _log(out)] == [0, 1]
+    assert all(len(x["test_coco_eval_bbox"]) == 12 for x in _log(out))
+    assert (out / "eval_stats.json").exists()
+    _assert_same_weights(_weights(out), _weights(uninterrupted))
+
+
+# A driver for main.cli in a subprocess: with MARK_AT_CALL=n, the n-th call of the criterion prints
+# MARK and sleeps, so that the test's signal arrives in the middle of that training iteration.
+DRIVER = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+import models
+import main
+
+mark_at = int(os.environ.get("MARK_AT_CALL", "0"))
+real_build = models.build_model
+
+
+def build(args):
+    model, criterion, postprocessors = real_build(args)
+    forward, calls = criterion.forward, [0]
+
+    def marked(outputs, targets):
+        calls[0] += 1
+        if calls[0] == mark_at:
+            print("MARK", flush=True)
+            time.sleep(2)
+        return forward(outputs, targets)
+
+    criterion.forward = marked
+    return model, criterion, postprocessors
+
+
+models.build_model = build
+main.cli(sys.argv[1:])
+"""
+
+
+def _start(tmp_path, output_dir, *extra, mark_at: int = 0) -> subprocess.Popen:
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(root=ROOT))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MARK_AT_CALL": str(mark_at)}
+    cmd = [sys.executable, str(driver), *TINY, "--output_dir", str(output_dir), "--num_workers", "0",
+           "--max_iters_per_epoch", "3", "--eval_every", "0", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=ROOT)
+
+
+def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err
+
+
+def _signal_at_mark(proc: subprocess.Popen, signum: int) -> tuple[int, str, str]:
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.strip() == "MARK":
+            proc.send_signal(signum)
+            break
+    code, out, err = _finish(proc)
+    return code, "".join(seen) + out, err
+
+
+def test_sigterm_mid_epoch_saves_progress_and_the_resumed_run_matches(tmp_path):
+    full = tmp_path / "full"
+    code, out, err = _finish(_start(tmp_path, full, "--epochs", "2"))
+    assert code == 0, out[-2000:] + err[-2000:]
+
+    run = tmp_path / "run"
+    # Call 5 of the criterion is the second iteration of epoch 1 (three per epoch).
+    code, out, err = _signal_at_mark(_start(tmp_path, run, "--epochs", "2", mark_at=5), signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, out[-2000:] + err[-2000:]
+    assert "Traceback" not in err
+    assert "SIGTERM" in err and "--resume" in err
+    ckpt = load_checkpoint(str(run / "checkpoint.pth"))
+    assert ckpt["epoch"] == 0  # the last finished epoch, as the public code reads it
+    assert ckpt["progress"]["epoch"] == 1 and ckpt["progress"]["iteration"] == 2
+    assert set(ckpt) >= {"model", "optimizer", "lr_scheduler", "args", "rng"}
+    assert [x["epoch"] for x in _log(run)] == [0]
+
+    code, out, err = _finish(_start(tmp_path, run, "--epochs", "2", "--resume", str(run / "checkpoint.pth")))
+    assert code == 0, out[-2000:] + err[-2000:]
+    assert "epoch 1, iteration 2" in out
+    _assert_same_weights(_weights(full), _weights(run))
+    assert load_checkpoint(str(run / "checkpoint.pth"))["epoch"] == 1
+    resumed, reference = _log(run), _log(full)
+    assert [x["epoch"] for x in resumed] == [0, 1]
+    assert resumed[0] == reference[0]
+    # Epoch 1's averages are put together from its two parts.
+    assert resumed[1].keys() == reference[1].keys()
+    for k, v in reference[1].items():
+        assert resumed[1][k] == pytest.approx(v, rel=1e-6), k
+
+
+def test_sigint_ends_the_run_with_one_line_and_the_last_checkpoint_intact(tmp_path):
+    run = tmp_path / "run"
+    # Two iterations per epoch: call 3 is the first of epoch 1.
+    code, out, err = _signal_at_mark(_start(tmp_path, run, "--epochs", "2", "--max_iters_per_epoch", "2",
+                                            mark_at=3), signal.SIGINT)
+    assert code == 128 + signal.SIGINT, out[-2000:] + err[-2000:]
+    assert "Traceback" not in err
+    assert "interrupted" in err.strip().splitlines()[-1]
+    ckpt = load_checkpoint(str(run / "checkpoint.pth"))
+    assert ckpt["epoch"] == 0 and "progress" not in ckpt
+    assert [x["epoch"] for x in _log(run)] == [0]
