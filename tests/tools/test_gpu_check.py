@@ -1,0 +1,52 @@
+"""tools/gpu_check.sh: a dry run without a GPU, and the driver's handling of passed, failed, slow checks."""
+
+import json
+import os
+import subprocess
+
+from tools import gpu_check
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_dry_run_without_a_gpu_skips_every_check_and_exits_0(tmp_path):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OUT=str(tmp_path))
+    proc = subprocess.run(
+        ["sh", os.path.join(ROOT, "tools", "gpu_check.sh")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "DRY RUN: no GPU, so every check below is skipped" in proc.stdout
+    names = [name for name, _, _ in gpu_check.CHECKS]
+    for name in names:
+        assert any(line.split()[:2] == [name, "SKIP"] for line in proc.stdout.splitlines()), name
+    assert f"0 passed, 0 failed, {len(names)} skipped" in proc.stdout
+    with open(tmp_path / "gpu_check.json") as f:
+        report = json.load(f)
+    assert report["gpu"] is False and list(report["checks"]) == names
+    assert {r["status"] for r in report["checks"].values()} == {"skip"}
+
+
+def test_failures_budget_and_broken_checks(monkeypatch, tmp_path, capsys):
+    def slow_pass(limit):
+        clock[0] += 100
+        return gpu_check._result("pass", "fine", answer=42)
+
+    def broken(limit):
+        raise OSError("tool vanished")
+
+    clock = [0.0]
+    monkeypatch.setattr(gpu_check.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(gpu_check, "gpu_present", lambda: (True, "a test GPU"))
+    checks = [("first", slow_pass, 10), ("second", broken, 10)]
+    checks += [("third", slow_pass, 10), ("fourth", slow_pass, 10)]
+    monkeypatch.setattr(gpu_check, "CHECKS", checks)
+    path = tmp_path / "figures.json"
+    assert gpu_check.main(["--json", str(path), "--budget", "150"]) == 1
+    out = capsys.readouterr().out
+    assert "second          FAIL" in out and "OSError: tool vanished" in out
+    assert "fourth          SKIP" in out and "skipped: past the 150 s budget" in out
+    assert "2 passed, 1 failed, 1 skipped" in out
+    report = json.loads(path.read_text())
+    assert report["checks"]["first"]["figures"] == {"answer": 42}
+    assert report["checks"]["first"]["seconds"] == 100
