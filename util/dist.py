@@ -237,17 +237,20 @@ def _backend_device_types(group=None) -> set[str]:
 
 def placement(device: torch.device | None, supported: set[str],
               cuda_index: int | None = None) -> torch.device:
-    """Where a collective must run: ``device`` if the backend takes it, else CPU, else the current GPU.
+    """Where a collective must run: the current GPU for a backend that takes only CUDA tensors (NCCL),
+    else ``device`` if the backend takes it, else the CPU.
 
     ``device`` is the caller's tensor's device (None for pickled objects, which prefer the CPU);
     ``supported`` the backend's device types; ``cuda_index`` the current CUDA device (read when needed).
+    NCCL keeps one communicator per GPU: a tensor on another GPU than the current one would pair
+    this rank with a communicator the other ranks do not use.
     """
+    if "cuda" in supported and "cpu" not in supported:
+        return torch.device("cuda", torch.cuda.current_device() if cuda_index is None else cuda_index)
     if device is not None and device.type in supported:
         return device
     if "cpu" in supported:
         return torch.device("cpu")
-    if "cuda" in supported:
-        return torch.device("cuda", torch.cuda.current_device() if cuda_index is None else cuda_index)
     raise RuntimeError(f"no device for a collective: the process group takes tensors on {sorted(supported)}")
 
 

@@ -42,7 +42,8 @@ def test_placement_follows_the_backend():
     cpu, gpu1 = torch.device("cpu"), torch.device("cuda", 1)
     assert du.placement(cpu, {"cuda"}, cuda_index=2) == torch.device("cuda", 2)  # NCCL
     assert du.placement(None, {"cuda"}, cuda_index=0) == torch.device("cuda", 0)
-    assert du.placement(gpu1, {"cuda"}, cuda_index=0) == gpu1  # already where NCCL wants it
+    assert du.placement(gpu1, {"cuda"}, cuda_index=1) == gpu1  # already where NCCL wants it
+    assert du.placement(gpu1, {"cuda"}, cuda_index=0) == torch.device("cuda", 0)  # NCCL's communicator
     assert du.placement(cpu, {"cpu", "cuda"}) == cpu  # gloo
     assert du.placement(gpu1, {"cpu", "cuda"}) == gpu1  # gloo takes CUDA tensors too
     assert du.placement(gpu1, {"cpu"}) == cpu
@@ -101,13 +102,12 @@ def _as_if_saved_on_gpu(obj):
 
 
 def _two_rank_worker(rank: int, store: str, backend: str) -> None:
+    device = torch.device("cpu")
+    if backend.startswith("cuda") or backend == "nccl":
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)  # before the group, as init_distributed_mode does
     dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=2)
     try:
-        device = torch.device("cpu")
-        if backend.startswith("cuda") or backend == "nccl":
-            device = torch.device("cuda", rank % torch.cuda.device_count())
-            torch.cuda.set_device(device)
-
         meter = SmoothedValue(window_size=5)
         for _ in range(rank + 1):  # rank 0: 1 x (1, n=2); rank 1: 2 x (2, n=2)
             meter.update(float(rank + 1), n=2)
