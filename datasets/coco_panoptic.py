@@ -2,7 +2,9 @@
 
 Layout: images under ``--coco_path`` (``train2017/``, ``val2017/``), panoptic annotations under
 ``--coco_panoptic_path`` (``annotations/panoptic_{train,val}2017.json`` and the PNG folders
-``panoptic_{train,val}2017/``). A PNG pixel's segment id is R + 256 G + 256^2 B; id 0 is VOID.
+``panoptic_{train,val}2017/``, either next to ``annotations/`` as DETR's instructions put them, or
+inside it, as the official ``panoptic_annotations_trainval2017.zip`` unpacks). A PNG pixel's segment
+id is R + 256 G + 256^2 B; id 0 is VOID.
 
 Targets (after the transforms): ``masks`` bool (n, H, W), ``labels`` int64 (n,) raw category ids
 (things and stuff, < 250), ``boxes`` (n, 4) normalised cxcywh, ``iscrowd``, ``area``, ``image_id``,
@@ -22,19 +24,16 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from datasets import DatasetFormatError, DatasetNotFoundError, DatasetReadError
 from datasets import transforms as T
 from datasets.panoptic_eval import read_panoptic_png
 from datasets.torchvision_datasets.coco import load_coco_api
 from util.box_ops import masks_to_boxes
 
 PANOPTIC_LAYOUT = (
-    "--coco_path {img_root}/\n"
-    "  train2017/ val2017/                         images\n"
-    "  annotations/instances_*2017.json            optional: COCOeval bbox/segm\n"
-    "--coco_panoptic_path {pan_root}/\n"
-    "  annotations/panoptic_train2017.json\n"
-    "  annotations/panoptic_val2017.json\n"
-    "  panoptic_train2017/ panoptic_val2017/       PNGs"
+    "--coco_path {img_root} holds train2017/ and val2017/; --coco_panoptic_path {pan_root} holds "
+    "annotations/panoptic_train2017.json, annotations/panoptic_val2017.json and the PNG folders "
+    "panoptic_train2017/ and panoptic_val2017/, next to annotations/ or inside it"
 )
 SPLITS = {"train": "train2017", "val": "val2017"}
 
@@ -44,11 +43,15 @@ class CocoPanoptic(Dataset):
 
     def __init__(self, img_folder: str, ann_folder: str, ann_file: str, transforms=None,
                  return_masks: bool = True, instances_file: str | None = None):
-        with open(ann_file, encoding="utf-8") as f:
-            data = json.load(f)
+        try:
+            with open(ann_file, encoding="utf-8") as f:
+                data = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DatasetFormatError(f"panoptic annotation file {ann_file}: not valid JSON ({e})") from e
         for key in ("images", "annotations", "categories"):
-            if key not in data:
-                raise ValueError(f"panoptic annotation file {ann_file}: missing top-level key {key!r}")
+            if not isinstance(data, dict) or key not in data:
+                raise DatasetFormatError(
+                    f"panoptic annotation file {ann_file}: missing top-level key {key!r}")
         self.img_folder = img_folder
         self.ann_folder = ann_folder
         self.ann_file = ann_file
@@ -57,7 +60,8 @@ class CocoPanoptic(Dataset):
         # Images in the order of the file; every one must have its panoptic annotation.
         missing = [i for i in self.images if i not in by_image]
         if missing:
-            raise ValueError(f"panoptic annotation file {ann_file}: images {missing[:5]} have no annotation")
+            raise DatasetFormatError(
+                f"panoptic annotation file {ann_file}: images {missing[:5]} have no annotation")
         self.annotations = [by_image[i] for i in self.images]
         self.ids = list(self.images)
         self.categories = {c["id"]: c for c in data["categories"]}
@@ -69,25 +73,43 @@ class CocoPanoptic(Dataset):
         return len(self.annotations)
 
     def get_height_and_width(self, index: int) -> tuple[int, int]:
+        """(h, w) from the annotation file, or from the image file where the entry has no size."""
         info = self.images[self.ids[index]]
+        if "height" not in info or "width" not in info:
+            with Image.open(os.path.join(self.img_folder, info["file_name"])) as im:
+                info["width"], info["height"] = im.size
         return info["height"], info["width"]
 
     def __getitem__(self, index: int):
         ann = self.annotations[index]
         info = self.images[ann["image_id"]]
         img_path = os.path.join(self.img_folder, info["file_name"])
-        if not os.path.isfile(img_path):
-            raise FileNotFoundError(f"image {ann['image_id']}: {img_path} does not exist")
-        with Image.open(img_path) as im:
-            image = im.convert("RGB")
-        ids = read_panoptic_png(os.path.join(self.ann_folder, ann["file_name"]))
+        image = _read(img_path, f"image {ann['image_id']}", lambda p: _rgb(p))
+        png_path = os.path.join(self.ann_folder, ann["file_name"])
+        ids = _read(png_path, f"image {ann['image_id']}: panoptic PNG", read_panoptic_png)
         if ids.shape != (image.height, image.width):
-            raise ValueError(f"image {ann['image_id']}: panoptic PNG {ann['file_name']} is {ids.shape} "
-                             f"(h, w), the image is {(image.height, image.width)}")
+            raise DatasetFormatError(
+                f"image {ann['image_id']}: panoptic PNG {png_path} is {ids.shape} (h, w), the image is "
+                f"{(image.height, image.width)}")
         target = panoptic_target(ids, ann["segments_info"], ann["image_id"], self.return_masks)
         if self._transforms is not None:
             image, target = self._transforms(image, target)
         return image, target
+
+
+def _rgb(path: str) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def _read(path: str, what: str, reader):
+    """reader(path), with a missing or undecodable file reported as a data error naming it."""
+    if not os.path.isfile(path):
+        raise DatasetNotFoundError(f"{what}: {path} does not exist")
+    try:
+        return reader(path)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetReadError(f"{what}: cannot read {path}: {e}") from e
 
 
 def panoptic_target(ids: np.ndarray, segments_info: list[dict], image_id: int,
@@ -125,17 +147,25 @@ def check_panoptic_layout(img_root: Path, pan_root: Path, image_set: str) -> dic
     if image_set not in SPLITS:
         raise ValueError(f"unknown image_set {image_set!r}: expected 'train' or 'val'")
     split = SPLITS[image_set]
+    layout = PANOPTIC_LAYOUT.format(img_root=img_root, pan_root=pan_root)
+    # DETR's instructions put the PNG folders next to annotations/; the official zip unpacks them inside.
+    png_folders = [pan_root / f"panoptic_{split}", pan_root / "annotations" / f"panoptic_{split}"]
     paths = {
         "img_folder": img_root / split,
-        "ann_folder": pan_root / f"panoptic_{split}",
+        "ann_folder": next((p for p in png_folders if p.is_dir()), png_folders[0]),
         "ann_file": pan_root / "annotations" / f"panoptic_{split}.json",
     }
-    for path in (img_root, pan_root, *paths.values()):
+    for path in (img_root, pan_root, paths["img_folder"], paths["ann_file"]):
         if not path.exists():
-            raise FileNotFoundError(
-                f"COCO panoptic data not found: {path} does not exist. Expected\n"
-                + PANOPTIC_LAYOUT.format(img_root=img_root, pan_root=pan_root)
-            )
+            raise DatasetNotFoundError(f"COCO panoptic data not found: {path} does not exist ({layout})")
+    if not paths["ann_folder"].is_dir():
+        zipped = pan_root / "annotations" / f"panoptic_{split}.zip"
+        if zipped.is_file():
+            raise DatasetNotFoundError(
+                f"COCO panoptic PNGs not found: {zipped} is not unpacked yet (unzip it inside "
+                f"{zipped.parent}, which makes {png_folders[1]})")
+        raise DatasetNotFoundError(
+            f"COCO panoptic PNGs not found: neither {png_folders[0]} nor {png_folders[1]} exists ({layout})")
     instances = img_root / "annotations" / f"instances_{split}.json"
     paths["instances_file"] = instances if instances.is_file() else None
     return paths

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets import build_dataset
+from datasets import DatasetError, build_dataset
 from datasets.coco_panoptic import CocoPanoptic, build_from_folders, panoptic_target
 from datasets.panoptic_eval import PanopticEvaluator, png_bytes, read_panoptic_png
 from datasets.toy_panoptic import categories, ensure_toy_panoptic, is_complete
@@ -116,3 +116,39 @@ def test_missing_folders_and_flags_give_clear_errors(tmp_path, toy_root):
             ds[0]
     finally:
         png.write_bytes(saved)
+
+
+def _official_layout(toy_root, dst):
+    """The toy set laid out as the official COCO panoptic zip unpacks: the PNG folders inside annotations/."""
+    import shutil
+
+    shutil.copytree(toy_root, dst)
+    for split in ("train2017", "val2017"):
+        (dst / f"panoptic_{split}").rename(dst / "annotations" / f"panoptic_{split}")
+    return dst
+
+
+def test_official_layout_with_png_folders_inside_annotations(toy_root, tmp_path):
+    root = _official_layout(toy_root, tmp_path / "coco")
+    detr = build_from_folders(toy_root, toy_root, "val", argparse.Namespace(masks=True), transforms=None)
+    official = build_from_folders(root, root, "val", argparse.Namespace(masks=True), transforms=None)
+    assert official.ann_folder == str(root / "annotations" / "panoptic_val2017")
+    assert len(official) == len(detr)
+    for i in range(len(detr)):
+        assert torch.equal(official[i][1]["masks"], detr[i][1]["masks"])
+    args = argparse.ArgumentParser(parents=[get_args_parser()]).parse_args(
+        ["--dataset_file", "coco_panoptic", "--coco_path", str(root), "--coco_panoptic_path", str(root)])
+    detr_train = build_from_folders(toy_root, toy_root, "train", argparse.Namespace(masks=False), None)
+    assert len(build_dataset("train", args)) == len(detr_train)
+
+
+def test_png_folder_still_zipped_is_named(toy_root, tmp_path):
+    root = _official_layout(toy_root, tmp_path / "coco")
+    png_folder = root / "annotations" / "panoptic_val2017"
+    for png in png_folder.iterdir():
+        png.unlink()
+    png_folder.rmdir()
+    (root / "annotations" / "panoptic_val2017.zip").write_bytes(b"PK")
+    with pytest.raises(FileNotFoundError, match=r"panoptic_val2017\.zip") as e:
+        build_from_folders(root, root, "val", argparse.Namespace(masks=True), transforms=None)
+    assert isinstance(e.value, DatasetError) and "\n" not in str(e.value)
