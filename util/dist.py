@@ -175,10 +175,15 @@ def get_node_rank() -> int:
 
 def _slurm_env(env: LaunchEnv) -> None:
     """Export what torch.distributed's env:// reads, and the ranks, for this process and its children."""
-    master = subprocess.check_output(["scontrol", "show", "hostname", os.environ["SLURM_NODELIST"]],
-                                     text=True).split()[0]
     os.environ.setdefault("MASTER_PORT", "29500")
-    os.environ.setdefault("MASTER_ADDR", master)
+    if "MASTER_ADDR" not in os.environ:  # the first node of the allocation
+        try:
+            hosts = subprocess.check_output(["scontrol", "show", "hostname", os.environ["SLURM_NODELIST"]],
+                                            text=True).split()
+        except (OSError, KeyError, subprocess.CalledProcessError) as e:
+            raise SystemExit(f"main.py: under SLURM the master's address comes from `scontrol show hostname "
+                             f"$SLURM_NODELIST`, which failed ({e}); set MASTER_ADDR") from None
+        os.environ["MASTER_ADDR"] = hosts[0]
     os.environ["WORLD_SIZE"] = str(env.world_size)
     os.environ["RANK"] = str(env.rank)
     os.environ["LOCAL_RANK"] = str(env.local_rank)

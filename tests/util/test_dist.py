@@ -22,9 +22,11 @@ LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "LOCAL_WORLD_
 
 @pytest.fixture(autouse=True)
 def _no_launcher(monkeypatch):
-    """Tests see only the launcher variables they set (the CI job may itself run under SLURM)."""
-    for name in LAUNCHER_VARS:
-        monkeypatch.delenv(name, raising=False)
+    """Tests see only the launcher variables they set (the CI job may itself run under SLURM), and
+    what the code under test exports into os.environ is undone afterwards."""
+    for name in (*LAUNCHER_VARS, "SLURM_NODELIST", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(name, "")  # records the value to restore, absent included
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture
@@ -246,3 +248,24 @@ def test_init_without_a_launcher_is_a_single_process():
     args = _args(device="cpu")
     du.init_distributed_mode(args)
     assert (args.distributed, args.rank, args.world_size, args.gpu) == (False, 0, 1, 0)
+
+
+def test_slurm_exports_the_ranks_for_env_init(monkeypatch, tmp_path):
+    fake = tmp_path / "scontrol"
+    fake.write_text('#!/bin/sh\n[ "$3" = "node[3-4]" ] && printf "node3\\nnode4\\n"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    for k, v in dict(SLURM_PROCID="3", SLURM_NTASKS="8", SLURM_LOCALID="1", SLURM_NODEID="1",
+                     SLURM_NTASKS_PER_NODE="4", SLURM_NODELIST="node[3-4]").items():
+        monkeypatch.setenv(k, v)
+    du._slurm_env(du.launch_env())
+    assert {k: os.environ[k] for k in ("MASTER_ADDR", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
+                                       "GROUP_RANK")} == dict(MASTER_ADDR="node3", RANK="3", WORLD_SIZE="8",
+                                                              LOCAL_RANK="1", LOCAL_WORLD_SIZE="4",
+                                                              GROUP_RANK="1")
+    # The exported variables describe the same process (torchrun-style precedence).
+    assert du.launch_env().local_rank == 1 and du.launch_env().node_rank == 1
+    monkeypatch.delenv("MASTER_ADDR")
+    monkeypatch.setenv("PATH", str(tmp_path / "none"))
+    with pytest.raises(SystemExit, match="set MASTER_ADDR"):
+        du._slurm_env(du.launch_env())
