@@ -219,12 +219,20 @@ def load_checkpoint(path_or_url: str, map_location="cpu"):
     """
     path = _download(path_or_url) if _is_url(path_or_url) else path_or_url
     shown = f"{path!r}" if path == path_or_url else f"{path!r} (downloaded from {path_or_url})"
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {shown} is a directory; pass the checkpoint file in it (e.g. "
+                              f"{os.path.join(path, 'checkpoint.pth')})")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path!r} (expected a file written by torch.save)")
-    _check_checkpoint_file(path, shown)
+    try:
+        _check_checkpoint_file(path, shown)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {shown}: {e.strerror or e}") from e
     try:
         with _safe_globals_allowed():
             return torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {shown}: {e.strerror or e}") from e
     except pickle.UnpicklingError as e:
         if "weights only load failed" not in str(e).lower():
             raise CheckpointError(f"checkpoint {shown} is truncated or corrupt: {e}") from e

@@ -193,7 +193,7 @@ def test_loads_where_torch_lacks_the_safe_globals_context_manager(tmp_path, monk
 def test_empty_file_gets_its_own_message(tmp_path):
     path = tmp_path / "r50_deformable_detr.pth"
     path.write_bytes(b"")
-    with pytest.raises(CheckpointError, match=r"r50_deformable_detr.pth.*is empty \(0 bytes\)"):
+    with pytest.raises(CheckpointError, match=r"^checkpoint '[^']*/r50_deformable_detr.pth' is empty"):
         load_checkpoint(str(path))
 
 
@@ -205,7 +205,7 @@ _DRIVE_PAGE = (b"<!DOCTYPE html><html><head><title>Google Drive - Virus scan war
 def test_html_page_saved_as_checkpoint_is_named_as_such(tmp_path):
     path = tmp_path / "r50_deformable_detr.pth"
     path.write_bytes(b"\n  " + _DRIVE_PAGE)
-    with pytest.raises(CheckpointError, match=r"r50_deformable_detr.pth.* is an HTML page"):
+    with pytest.raises(CheckpointError, match=r"^checkpoint '[^']*r50_deformable_detr.pth' is an HTML page"):
         load_checkpoint(str(path))
 
 
@@ -214,14 +214,14 @@ def test_truncated_file_is_called_truncated(tmp_path):
     save_checkpoint(_original_format(), str(path))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) * 2 // 3])
-    with pytest.raises(CheckpointError, match=r"cut.pth.* is truncated"):
+    with pytest.raises(CheckpointError, match=r"^checkpoint '[^']*cut.pth' is truncated \(\d+ bytes"):
         load_checkpoint(str(path))
 
 
 def test_other_binary_is_not_taken_for_a_checkpoint(tmp_path):
     path = tmp_path / "weights.pth"
     path.write_bytes(b"\x1f\x8b\x08\x00" + bytes(200))  # a gzip stream
-    with pytest.raises(CheckpointError, match=r"weights.pth.* is not a torch checkpoint"):
+    with pytest.raises(CheckpointError, match=r"^checkpoint '[^']*weights.pth' is not a torch checkpoint"):
         load_checkpoint(str(path))
 
 
@@ -505,3 +505,18 @@ def test_base_checkpoint_into_box_refine_reports_no_aliased_key(tmp_path, capsys
     for i in range(2):
         assert torch.equal(model.state_dict()[f"transformer.decoder.bbox_embed.{i}.layers.0.weight"],
                            checkpoint["model"][f"bbox_embed.{i}.layers.0.weight"])
+
+
+def test_directory_and_unreadable_paths_are_named(tmp_path, monkeypatch):
+    (tmp_path / "exps").mkdir()
+    with pytest.raises(CheckpointError, match=r"exps.* is a directory"):
+        load_checkpoint(str(tmp_path / "exps"))
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint({"w": torch.ones(1)}, str(path))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(ckpt.torch, "load", denied)
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*checkpoint.pth.*Permission denied"):
+        load_checkpoint(str(path))
