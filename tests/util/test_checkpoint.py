@@ -520,3 +520,27 @@ def test_directory_and_unreadable_paths_are_named(tmp_path, monkeypatch):
     monkeypatch.setattr(ckpt.torch, "load", denied)
     with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*checkpoint.pth.*Permission denied"):
         load_checkpoint(str(path))
+
+
+def test_frozen_detector_must_fit_the_mask_model_except_for_masks(tmp_path):
+    """--frozen_weights stays frozen: a detector of another architecture would stay random for good."""
+    import main as main_module
+    from models import build_model
+
+    levels = ["--num_feature_levels", "3"]
+    detector = _tiny_checkpoint(*levels)
+    path = str(tmp_path / "detector.pth")
+    torch.save(detector, path)
+    args = _tiny_args(*levels, "--masks", "--frozen_weights", path)
+    model, _, _ = build_model(args)
+    main_module._load_frozen_weights(model, path, args)  # masks=False in the detector's args is expected
+    for k, v in detector["model"].items():
+        assert torch.equal(model.detr.state_dict()[k], v)
+    torch.save(_tiny_checkpoint(*levels, "--with_box_refine", "--two_stage"), path)
+    with pytest.raises(CheckpointError, match=r"--frozen_weights .*detector.pth .*--two_stage \(checkpoint"):
+        main_module._load_frozen_weights(model, path, args)
+    del detector["args"]
+    detector["model"] = {k: v for k, v in detector["model"].items() if not k.startswith("query_embed")}
+    torch.save(detector, path)
+    with pytest.raises(CheckpointError, match=r"detector.pth lacks 1 weight tensors .*query_embed.weight"):
+        main_module._load_frozen_weights(model, path, args)
