@@ -19,6 +19,7 @@ import os
 import pickle
 import re
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -211,6 +212,13 @@ def init_distributed_mode(args) -> None:
     args.distributed = True
     use_cuda = str(args.device).startswith("cuda") and torch.cuda.is_available()
     if use_cuda:
+        index = torch.device(args.device).index
+        if index is not None and index != env.local_rank:
+            # DDP would find the model on another GPU than the one of this rank's local rank.
+            print(f"main.py: error: --device {args.device}: each process of a distributed run uses the GPU "
+                  f"of its local rank ({env.local_rank} here); pass --device cuda",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(2)
         n_gpus = torch.cuda.device_count()
         if env.local_rank >= n_gpus:
             raise SystemExit(f"main.py: process {env.rank} has local rank {env.local_rank} but this node "

@@ -269,3 +269,15 @@ def test_slurm_exports_the_ranks_for_env_init(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path / "none"))
     with pytest.raises(SystemExit, match="set MASTER_ADDR"):
         du._slurm_env(du.launch_env())
+
+
+def test_init_rejects_a_fixed_gpu_index(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: pytest.fail("set_device must not be reached"))
+    for k, v in dict(RANK="1", WORLD_SIZE="8", LOCAL_RANK="1", LOCAL_WORLD_SIZE="8").items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SystemExit) as e:
+        du.init_distributed_mode(_args(device="cuda:0"))
+    assert e.value.code == 2
+    assert "main.py: error: --device cuda:0" in capsys.readouterr().err
