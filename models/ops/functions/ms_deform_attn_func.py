@@ -7,12 +7,13 @@ PyTorch custom op ``msda::ms_deform_attn``, whose autograd is the custom op
 the op the backend is chosen by device (see ``extension.py``): the compiled CPU or CUDA kernels
 of ``MultiScaleDeformableAttention``, or the pure-PyTorch ``grid_sample`` path.
 
-Dtypes: the op computes in the dtype of ``value``; sampling locations and attention weights are
-cast to it. On CPU, float16 and bfloat16 (what ``torch.autocast`` produces there) are computed in
-float32 and the output is cast back, because the CPU backends support float32 and float64 only.
-On CUDA, float16 and bfloat16 stay as they are (the kernels interpolate and accumulate in
-float32), so under autocast the locations are rounded to the half dtype: about 0.04 pixel on a
-167-pixel-wide level in float16, eight times more in bfloat16.
+Dtypes: the output is in the dtype of ``value``. Sampling locations and attention weights go to
+the kernels in float32 (float64 when value is float64), never in a half dtype: a bfloat16
+location would be off by up to a third of a pixel on a 167-pixel-wide level. On CPU, float16 and
+bfloat16 values (what ``torch.autocast`` produces there) are computed in float32 and the output is
+cast back, because the CPU backends support float32 and float64 only. On CUDA, float16 and
+bfloat16 values stay as they are (the kernels interpolate and accumulate in float32); the
+pure-PyTorch path computes them in float32. Gradients come back in the dtype of each input.
 """
 
 import torch
@@ -208,6 +209,11 @@ def _compute_dtype(value: Tensor) -> torch.dtype:
     return value.dtype
 
 
+def _coord_dtype(compute_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of sampling locations and attention weights for values in ``compute_dtype``."""
+    return torch.float64 if compute_dtype == torch.float64 else torch.float32
+
+
 def _forward_impl(
     value: Tensor,
     spatial_shapes: Tensor,
@@ -221,7 +227,11 @@ def _forward_impl(
     _check_levels(value, spatial_shapes, level_start_index)
     kernels = extension.kernels_for(value.device)
     if kernels is None or value.shape[0] * sampling_locations.shape[1] == 0:
-        return ms_deform_attn_core_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
+        # Half-precision values (CUDA) meet float32 locations: grid_sample wants one dtype.
+        out = ms_deform_attn_core_pytorch(
+            value.to(sampling_locations.dtype), spatial_shapes, sampling_locations, attention_weights
+        )
+        return out.to(value.dtype)
     return kernels.ms_deform_attn_forward(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step
     )
@@ -254,9 +264,14 @@ def _backward_op(
             torch.zeros_like(attention_weights),
         )
     if kernels is None:
-        return _core_pytorch_backward(
-            value, spatial_shapes, sampling_locations, attention_weights, grad_output
+        grad_value, grad_loc, grad_weights = _core_pytorch_backward(
+            value.to(sampling_locations.dtype),
+            spatial_shapes,
+            sampling_locations,
+            attention_weights,
+            grad_output.to(sampling_locations.dtype),
         )
+        return grad_value.to(value.dtype), grad_loc, grad_weights
     grad_value, grad_loc, grad_weights = kernels.ms_deform_attn_backward(
         value,
         spatial_shapes,
@@ -307,18 +322,20 @@ def _prepare_inputs(
     attention_weights: Tensor,
     im2col_step: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Validate the inputs; return them contiguous, value/locations/weights in the compute dtype."""
+    """Validate the inputs; return them contiguous, value in the compute dtype, locations and weights
+    in its coordinate dtype (float32, or float64 for float64 values)."""
     _check_inputs(
         value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights,
         im2col_step,
     )
     dtype = _compute_dtype(value)
+    coord_dtype = _coord_dtype(dtype)
     return (
         value.to(dtype).contiguous(),
         value_spatial_shapes.contiguous(),
         value_level_start_index.contiguous(),
-        sampling_locations.to(dtype).contiguous(),
-        attention_weights.to(dtype).contiguous(),
+        sampling_locations.to(coord_dtype).contiguous(),
+        attention_weights.to(coord_dtype).contiguous(),
     )
 
 

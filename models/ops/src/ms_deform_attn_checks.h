@@ -9,7 +9,9 @@
 inline void ms_deform_attn_check_inputs(const char* where, const at::Tensor& value, const at::Tensor& spatial_shapes,
                                         const at::Tensor& level_start_index, const at::Tensor& sampling_loc,
                                         const at::Tensor& attn_weight, const at::Tensor* grad_output,
-                                        int64_t im2col_step) {
+                                        int64_t im2col_step,
+                                        at::ScalarType coord_dtype = at::ScalarType::Undefined) {
+  // coord_dtype: the dtype sampling_loc and attn_weight must have; Undefined means value's dtype.
   for (const at::Tensor* t : {&value, &spatial_shapes, &level_start_index, &sampling_loc, &attn_weight, grad_output}) {
     if (t == nullptr) {
       continue;
@@ -36,8 +38,9 @@ inline void ms_deform_attn_check_inputs(const char* where, const at::Tensor& val
               attn_weight.sizes());
   TORCH_CHECK(spatial_shapes.scalar_type() == at::kLong && level_start_index.scalar_type() == at::kLong, where,
               ": spatial_shapes and level_start_index must be int64");
-  TORCH_CHECK(sampling_loc.scalar_type() == value.scalar_type() && attn_weight.scalar_type() == value.scalar_type(),
-              where, ": sampling_loc and attn_weight must have value's dtype ", value.scalar_type());
+  const at::ScalarType loc_dtype = coord_dtype == at::ScalarType::Undefined ? value.scalar_type() : coord_dtype;
+  TORCH_CHECK(sampling_loc.scalar_type() == loc_dtype && attn_weight.scalar_type() == loc_dtype, where,
+              ": sampling_loc and attn_weight must be ", loc_dtype, " for value of dtype ", value.scalar_type());
   if (grad_output != nullptr) {
     TORCH_CHECK(grad_output->scalar_type() == value.scalar_type(), where, ": grad_output must have value's dtype ",
                 value.scalar_type());

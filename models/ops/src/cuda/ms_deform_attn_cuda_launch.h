@@ -7,6 +7,9 @@
 //   Launcher::input<T>(tensor, name)     a msda::global_ptr<const T> to the tensor's data
 //   Launcher::output<T>(tensor, name)    a msda::global_ptr<T> to the tensor's data
 //   Launcher::launch(kernel, blocks, threads_per_block, args...)
+// Dtypes: value and grad_output in any floating dtype; sampling_loc and attn_weight in float32
+// (float64 when value is float64); outputs and grad_value in value's dtype, grad_loc and
+// grad_attn in the locations' dtype.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -25,6 +28,11 @@ inline Sizes sizes_of(const at::Tensor& value, const at::Tensor& sampling_loc) {
                sampling_loc.size(1), sampling_loc.size(3), sampling_loc.size(4)};
 }
 
+// The dtype of sampling_loc and attn_weight (and their gradients) for values of this dtype.
+inline at::ScalarType coord_dtype(const at::Tensor& value) {
+  return value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 inline unsigned int checked_num_blocks(int64_t num_threads) {
   const int64_t blocks = num_blocks(num_threads);
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "ms_deform_attn_cuda: problem too large (", num_threads,
@@ -37,7 +45,7 @@ at::Tensor launch_forward(const char* where, const at::Tensor& value, const at::
                           const at::Tensor& level_start_index, const at::Tensor& sampling_loc,
                           const at::Tensor& attn_weight, int64_t im2col_step) {
   ms_deform_attn_check_inputs(where, value, spatial_shapes, level_start_index, sampling_loc, attn_weight, nullptr,
-                              im2col_step);
+                              im2col_step, coord_dtype(value));
   const typename Launcher::Guard guard(value);
   const Sizes z = sizes_of(value, sampling_loc);
   at::Tensor output = at::empty({z.N, z.Lq, z.M * z.D}, value.options());
@@ -47,12 +55,13 @@ at::Tensor launch_forward(const char* where, const at::Tensor& value, const at::
   const int group = group_size(z.D);
   const int64_t num_threads = z.N * z.Lq * z.M * group;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_cuda_forward", [&] {
+    using acc_t = acc_type<scalar_t>;
     Launcher::launch(forward_kernel<scalar_t>, checked_num_blocks(num_threads), kThreadsPerBlock,
                      Launcher::template input<scalar_t>(value, "value"),
                      Launcher::template input<int64_t>(spatial_shapes, "spatial_shapes"),
                      Launcher::template input<int64_t>(level_start_index, "level_start_index"),
-                     Launcher::template input<scalar_t>(sampling_loc, "sampling_loc"),
-                     Launcher::template input<scalar_t>(attn_weight, "attn_weight"),
+                     Launcher::template input<acc_t>(sampling_loc, "sampling_loc"),
+                     Launcher::template input<acc_t>(attn_weight, "attn_weight"),
                      Launcher::template output<scalar_t>(output, "output"), z, group, num_threads);
   });
   return output;
@@ -64,7 +73,7 @@ std::vector<at::Tensor> launch_backward(const char* where, const at::Tensor& val
                                         const at::Tensor& attn_weight, const at::Tensor& grad_output,
                                         int64_t im2col_step) {
   ms_deform_attn_check_inputs(where, value, spatial_shapes, level_start_index, sampling_loc, attn_weight, &grad_output,
-                              im2col_step);
+                              im2col_step, coord_dtype(value));
   const typename Launcher::Guard guard(value);
   const Sizes z = sizes_of(value, sampling_loc);
 
@@ -80,17 +89,17 @@ std::vector<at::Tensor> launch_backward(const char* where, const at::Tensor& val
   const int64_t num_threads = z.N * z.Lq * z.M * group;
   if (num_threads > 0 && z.D > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_cuda_backward", [&] {
-      using gv_t = typename AccType<scalar_t>::type;
-      Launcher::launch(backward_kernel<scalar_t, gv_t>, checked_num_blocks(num_threads), kThreadsPerBlock,
+      using acc_t = acc_type<scalar_t>;
+      Launcher::launch(backward_kernel<scalar_t>, checked_num_blocks(num_threads), kThreadsPerBlock,
                        Launcher::template input<scalar_t>(value, "value"),
                        Launcher::template input<int64_t>(spatial_shapes, "spatial_shapes"),
                        Launcher::template input<int64_t>(level_start_index, "level_start_index"),
-                       Launcher::template input<scalar_t>(sampling_loc, "sampling_loc"),
-                       Launcher::template input<scalar_t>(attn_weight, "attn_weight"),
+                       Launcher::template input<acc_t>(sampling_loc, "sampling_loc"),
+                       Launcher::template input<acc_t>(attn_weight, "attn_weight"),
                        Launcher::template input<scalar_t>(grad_output, "grad_output"),
-                       Launcher::template output<gv_t>(grad_value_acc, "grad_value"),
-                       Launcher::template output<scalar_t>(grad_loc, "grad_loc"),
-                       Launcher::template output<scalar_t>(grad_attn, "grad_attn"), z, group, num_threads);
+                       Launcher::template output<acc_t>(grad_value_acc, "grad_value"),
+                       Launcher::template output<acc_t>(grad_loc, "grad_loc"),
+                       Launcher::template output<acc_t>(grad_attn, "grad_attn"), z, group, num_threads);
     });
   } else {
     grad_loc.zero_();
