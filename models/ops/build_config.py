@@ -8,13 +8,17 @@ the standard library at module level, so setup.py can load it before anything is
 import glob
 import os
 import shutil
+import subprocess
 import sys
 
 EXTENSION_NAME = "MultiScaleDeformableAttention"
 OPS_DIR = os.path.dirname(os.path.abspath(__file__))
 SRC_DIR = os.path.join(OPS_DIR, "src")
-# Without a visible GPU: Ampere and Hopper as SASS, plus PTX of the newest so later GPUs JIT it.
-DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
+# Without a visible GPU: V100, T4, A100, RTX 30, RTX 40/L4/L40 and H100/H200 as SASS, plus PTX of
+# the newest so later GPUs JIT it. Architectures the installed nvcc cannot target are left out.
+DEFAULT_CUDA_ARCH_LIST = "7.0;7.5;8.0;8.6;8.9;9.0+PTX"
+# CI (CI=true) has no GPU and only checks that the kernels compile: one architecture is enough.
+CI_CUDA_ARCH_LIST = "8.0"
 
 CXX_FLAGS = ["-O3", "-g0"]
 NVCC_FLAGS = ["-O3"]
@@ -95,22 +99,67 @@ def cuda_build_possible() -> tuple[bool, str]:
     return True, ""
 
 
-def cuda_arch_list() -> str:
-    """TORCH_CUDA_ARCH_LIST if set, else the visible GPUs' architectures, else the default list."""
+def nvcc_arches(cuda_home: str | None = None) -> set[str] | None:
+    """Architectures nvcc can compile for, as "7.5", "9.0", ...; None when nvcc cannot be asked."""
+    home = cuda_home or find_cuda_home()
+    if home is None:
+        return None
+    try:
+        listed = subprocess.run(
+            [os.path.join(home, "bin", "nvcc"), "--list-gpu-arch"],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = {a.split("_", 1)[1] for a in listed if a.startswith("compute_")}
+    return {f"{a[:-1]}.{a[-1]}" for a in found if a.isdigit()} or None
+
+
+def default_arch_list(supported: set[str] | None) -> tuple[str, str]:
+    """The default list cut to what nvcc supports, and a note naming what was left out (or "")."""
+    wanted = DEFAULT_CUDA_ARCH_LIST.split(";")
+    if supported is None:
+        return DEFAULT_CUDA_ARCH_LIST, ""
+    kept = [a for a in wanted if a.removesuffix("+PTX") in supported]
+    dropped = [a.removesuffix("+PTX") for a in wanted if a not in kept]
+    if not kept:
+        newest = max(supported, key=lambda a: tuple(int(x) for x in a.split(".")))
+        return f"{newest}+PTX", f"this nvcc supports none of {DEFAULT_CUDA_ARCH_LIST}"
+    if not kept[-1].endswith("+PTX"):
+        kept[-1] += "+PTX"
+    note = f"this nvcc cannot build for {', '.join(dropped)} (left out)" if dropped else ""
+    return ";".join(kept), note
+
+
+def cuda_arch_choice() -> tuple[str, str]:
+    """The CUDA architectures to build for, and where the choice came from.
+
+    TORCH_CUDA_ARCH_LIST if set; else the visible GPUs'; else, in CI (CI=true), the one
+    architecture of CI_CUDA_ARCH_LIST; else the default list, cut to what nvcc supports.
+    """
     chosen = os.environ.get("TORCH_CUDA_ARCH_LIST")
     if chosen:
-        return chosen
+        return chosen, "from TORCH_CUDA_ARCH_LIST"
     try:
         import torch
 
         if torch.cuda.is_available():
             caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
-            return ";".join(f"{major}.{minor}" for major, minor in caps)
+            return ";".join(f"{major}.{minor}" for major, minor in caps), "the visible GPUs'"
     except Exception as err:  # a broken driver must not stop a build that needs no GPU
         print(
             f"{EXTENSION_NAME}: could not query the GPU ({err}); using the default arch list", file=sys.stderr
         )
-    return DEFAULT_CUDA_ARCH_LIST
+    if os.environ.get("CI", "").lower() in ("1", "true"):
+        return CI_CUDA_ARCH_LIST, "CI=true: one architecture, to check that the kernels compile"
+    arches, note = default_arch_list(nvcc_arches())
+    why = "no visible GPU: the default list; TORCH_CUDA_ARCH_LIST overrides it"
+    return arches, f"{why}; {note}" if note else why
+
+
+def cuda_arch_list() -> str:
+    """The CUDA architectures to build for (see ``cuda_arch_choice``)."""
+    return cuda_arch_choice()[0]
 
 
 def prepare_cuda_env() -> tuple[str, str]:
@@ -133,8 +182,10 @@ def openmp_flags() -> list[str]:
 
 
 def describe(with_cuda: bool) -> str:
+    """What a build makes, for the build's output: the kernels, and the CUDA architectures and why."""
     if with_cuda:
-        return f"CPU + CUDA kernels (arch {os.environ.get('TORCH_CUDA_ARCH_LIST', cuda_arch_list())})"
+        arches, why = cuda_arch_choice()
+        return f"CPU + CUDA kernels (arch {arches}: {why})"
     return f"CPU kernels only ({cuda_build_possible()[1]})"
 
 
@@ -144,12 +195,13 @@ def extension(base_dir: str, build_dir: str):
     Decides CPU-only or CPU + CUDA, prints which, and prepares the CUDA environment.
     """
     with_cuda, _ = cuda_build_possible()
+    # Before prepare_cuda_env, which sets TORCH_CUDA_ARCH_LIST: the note says why these arches.
+    print(f"{EXTENSION_NAME}: building {describe(with_cuda)}", file=sys.stderr)
     include_dirs = [SRC_DIR]
     if with_cuda:
         home, _ = prepare_cuda_env()
         shim = pip_cuda_include_dir(home, build_dir)
         include_dirs += [shim] if shim else []
-    print(f"{EXTENSION_NAME}: building {describe(with_cuda)}", file=sys.stderr)
     from torch.utils import cpp_extension
 
     if with_cuda:
@@ -174,7 +226,10 @@ def build_key() -> str:
 
     with_cuda, _ = cuda_build_possible()
     digest = hashlib.sha256()
-    for path in sorted(sources(with_cuda) + glob.glob(os.path.join(SRC_DIR, "**", "*.h"), recursive=True)):
+    headers = [
+        f for ext in ("h", "cuh") for f in glob.glob(os.path.join(SRC_DIR, "**", f"*.{ext}"), recursive=True)
+    ]
+    for path in sorted(sources(with_cuda) + headers):
         digest.update(path.encode())
         with open(path, "rb") as f:
             digest.update(f.read())
@@ -187,4 +242,8 @@ def build_key() -> str:
 
 
 if __name__ == "__main__":
-    print(build_key())
+    # make.sh: `build_config.py` prints the build key, `build_config.py describe` what it builds.
+    if sys.argv[1:] == ["describe"]:
+        print(describe(cuda_build_possible()[0]))
+    else:
+        print(build_key())

@@ -5,7 +5,8 @@
 # (no GPU needed). Re-running it when nothing changed is a no-op.
 #   PYTHON=python3           the interpreter whose environment receives the extension
 #   MAX_JOBS=<cores>         parallel compile jobs
-#   TORCH_CUDA_ARCH_LIST=... CUDA architectures (default: the visible GPU's, else "8.0;9.0+PTX")
+#   TORCH_CUDA_ARCH_LIST=... CUDA architectures (default: the visible GPUs', else with CI=true "8.0",
+#                            else "7.0;7.5;8.0;8.6;8.9;9.0+PTX" less what the nvcc cannot target)
 #   FORCE_CPU=1              build the CPU kernels only
 #   MSDA_FORCE_BUILD=1       rebuild even when nothing changed
 set -e
@@ -26,6 +27,7 @@ if [ "${MSDA_FORCE_BUILD:-0}" != 1 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" =
     exit 0
 fi
 
+echo "MultiScaleDeformableAttention: building $("$PYTHON" build_config.py describe)"
 echo "MultiScaleDeformableAttention: compiling with MAX_JOBS=$MAX_JOBS (a CUDA build takes a few minutes)"
 START=$(date +%s)
 "$PYTHON" -m pip install --no-build-isolation --no-deps --disable-pip-version-check ${PIP_FLAGS:--q} .

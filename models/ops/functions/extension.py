@@ -9,7 +9,8 @@ Backends: the compiled CPU kernels, the compiled CUDA kernels (both in the exten
 - ``pytorch``: always the pure-PyTorch path.
 
 When the extension is not installed, the first call that wants it builds it with ninja into
-``MSDA_BUILD_DIR`` (default ``~/.cache/msda``); ``MSDA_JIT=0`` turns that build off.
+``MSDA_BUILD_DIR`` (default ``~/.cache/msda``), with CUDA kernels when a GPU is visible (or
+``MSDA_JIT_CUDA=1``); ``MSDA_JIT=0`` turns that build off.
 """
 
 import importlib
@@ -34,25 +35,39 @@ def requested_backend() -> str:
 
 
 def _jit_build() -> ModuleType:
-    from torch.utils import cpp_extension
+    """Compiles the extension with ninja into ``MSDA_BUILD_DIR`` and imports it.
 
+    CUDA kernels are included when a GPU is visible (or ``MSDA_JIT_CUDA=1``) and nvcc and a CUDA
+    build of torch are found; the architectures are the visible GPUs' (see build_config).
+    """
     from .. import build_config as cfg
 
-    with_cuda = torch.cuda.is_available() and cfg.cuda_build_possible()[0]
+    want_cuda = torch.cuda.is_available() or os.environ.get("MSDA_JIT_CUDA", "0") == "1"
+    with_cuda = want_cuda and cfg.cuda_build_possible()[0]
     build_dir = os.environ.get("MSDA_BUILD_DIR", os.path.join(os.path.expanduser("~"), ".cache", "msda"))
     build_dir = os.path.join(build_dir, f"torch{torch.__version__}-{'cuda' if with_cuda else 'cpu'}")
     os.makedirs(build_dir, exist_ok=True)
+    what = cfg.describe(with_cuda)  # before prepare_cuda_env sets TORCH_CUDA_ARCH_LIST
+    include_dirs = [cfg.SRC_DIR]
     if with_cuda:
-        cfg.prepare_cuda_env()
+        home, _ = cfg.prepare_cuda_env()
+        shim = cfg.pip_cuda_include_dir(home, build_dir)
+        include_dirs += [shim] if shim else []
+    from torch.utils import cpp_extension
+
+    if with_cuda:
+        # Read once when the module was first imported, maybe before prepare_cuda_env and from a
+        # wrapper nvcc on PATH: point it at the toolkit found above.
+        cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
     print(
-        f"{cfg.EXTENSION_NAME} is not installed: building it ({'CPU+CUDA' if with_cuda else 'CPU'}) "
-        f"in {build_dir}; this happens once",
+        f"{cfg.EXTENSION_NAME} is not installed: building {what} in {build_dir}; "
+        "this happens once",
         file=sys.stderr,
     )
     return cpp_extension.load(
         name=cfg.EXTENSION_NAME,
         sources=cfg.sources(with_cuda),
-        extra_include_paths=[cfg.SRC_DIR, *(cfg.pip_cuda_include_dirs() if with_cuda else [])],
+        extra_include_paths=include_dirs,
         extra_cflags=cfg.CXX_FLAGS + cfg.openmp_flags() + (["-DWITH_CUDA"] if with_cuda else []),
         extra_cuda_cflags=cfg.NVCC_FLAGS + ["-DWITH_CUDA"],
         extra_ldflags=cfg.openmp_flags(),

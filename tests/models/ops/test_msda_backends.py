@@ -84,12 +84,65 @@ def test_cuda_arch_list(monkeypatch):
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "7.5")
     assert build_config.cuda_arch_list() == "7.5"
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST")
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setattr(build_config, "nvcc_arches", lambda: None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert build_config.cuda_arch_list() == build_config.DEFAULT_CUDA_ARCH_LIST
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: (9, 0) if i else (8, 6))
     assert build_config.cuda_arch_list() == "8.6;9.0"
+
+
+NVCC_12 = {"5.0", "6.0", "7.0", "7.2", "7.5", "8.0", "8.6", "8.7", "8.9", "9.0"}
+NVCC_13 = {"7.5", "8.0", "8.6", "8.7", "8.8", "8.9", "9.0", "10.0", "11.0", "12.0"}
+
+
+@pytest.fixture
+def no_gpu_no_override(monkeypatch):
+    """A GPU-less machine (a login node, CI) where neither TORCH_CUDA_ARCH_LIST nor CI is set."""
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.mark.parametrize(
+    ("supported", "expected", "left_out"),
+    [
+        (NVCC_12, "7.0;7.5;8.0;8.6;8.9;9.0+PTX", None),
+        (NVCC_13, "7.5;8.0;8.6;8.9;9.0+PTX", "7.0"),
+        ({"7.0", "7.5", "8.0", "8.6"}, "7.0;7.5;8.0;8.6+PTX", "8.9, 9.0"),  # an old nvcc: PTX of its newest
+        ({"10.0", "12.0"}, "12.0+PTX", None),
+    ],
+)
+def test_default_arches_cover_v100_to_h100_within_what_nvcc_supports(
+    no_gpu_no_override, monkeypatch, supported, expected, left_out
+):
+    monkeypatch.setattr(build_config, "nvcc_arches", lambda: supported)
+    arches, why = build_config.cuda_arch_choice()
+    assert arches == expected
+    assert "TORCH_CUDA_ARCH_LIST overrides" in why
+    if left_out:
+        assert f"cannot build for {left_out} (left out)" in why
+
+
+def test_ci_builds_one_architecture_unless_told_otherwise(no_gpu_no_override, monkeypatch):
+    monkeypatch.setattr(build_config, "nvcc_arches", lambda: NVCC_13)
+    monkeypatch.setenv("CI", "true")
+    assert build_config.cuda_arch_list() == build_config.CI_CUDA_ARCH_LIST
+    assert ";" not in build_config.CI_CUDA_ARCH_LIST
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.6;8.9")
+    assert build_config.cuda_arch_choice() == ("8.6;8.9", "from TORCH_CUDA_ARCH_LIST")
+
+
+def test_nvcc_arches_are_read_from_nvcc(tmp_path):
+    nvcc = tmp_path / "bin" / "nvcc"
+    nvcc.parent.mkdir()
+    nvcc.write_text("#!/bin/sh\necho compute_75 compute_80 compute_90 compute_100 compute_103\n")
+    nvcc.chmod(0o755)
+    assert build_config.nvcc_arches(str(tmp_path)) == {"7.5", "8.0", "9.0", "10.0", "10.3"}
+    nvcc.write_text("#!/bin/sh\nexit 1\n")
+    assert build_config.nvcc_arches(str(tmp_path)) is None
 
 
 def test_pip_headers_fill_only_what_the_toolkit_lacks(tmp_path, monkeypatch):
