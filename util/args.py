@@ -328,11 +328,27 @@ def _check_device(args: argparse.Namespace) -> str | None:
     return None
 
 
-_CHECKS = (_check_numbers, _check_architecture, _check_batchformer, _check_data, _check_paths, _check_device)
+def _create_output_dir(args: argparse.Namespace) -> str | None:
+    """The first process makes --output_dir now (main.py would a moment later): permissions alone do
+    not tell whether a folder can be made (root may write /proc but not create folders in it)."""
+    output_dir = getattr(args, "output_dir", "")
+    if not output_dir or not _is_first_process():
+        return None
+    try:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"--output_dir {output_dir}: cannot create the folder ({e.strerror or e})"
+    return None
+
+
+# The folder is made last, once every other flag is known to be good.
+_CHECKS = (_check_numbers, _check_architecture, _check_batchformer, _check_data, _check_paths, _check_device,
+           _create_output_dir)
 
 
 def args_problem(args: argparse.Namespace) -> str | None:
-    """The first problem of the parsed flags, as one line naming the flag, or None."""
+    """The first problem of the parsed flags, as one line naming the flag, or None. With no problem,
+    --output_dir exists afterwards (made by the first process)."""
     for check in _CHECKS:
         problem = check(args)
         if problem:

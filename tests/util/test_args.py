@@ -85,7 +85,16 @@ def test_output_dir_that_cannot_be_created(tmp_path, capsys):
         assert e.value.code == 2
         assert "--output_dir" in capsys.readouterr().err.strip().splitlines()[-1]
     assert args_problem(_parse("--output_dir", str(tmp_path / "new" / "deeper"))) is None
-    assert not (tmp_path / "new").exists()  # checking creates nothing
+    assert (tmp_path / "new" / "deeper").is_dir()
+    # the folder is made only once every flag is good
+    assert args_problem(_parse("--output_dir", str(tmp_path / "other"), "--lr", "-1")).startswith("--lr")
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self") or os.geteuid() != 0, reason="needs /proc and root")
+def test_output_dir_that_permissions_do_not_rule_out():
+    """root passes os.access on /proc but cannot make a folder there."""
+    assert args_problem(_parse("--output_dir", "/proc/no_such_folder/exp")).startswith("--output_dir")
 
 
 def test_public_defaults_and_the_demo_flags_are_valid(tmp_path):
