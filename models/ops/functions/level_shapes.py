@@ -21,6 +21,9 @@ _known: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 def _remember(t: Tensor, values: list) -> None:
+    if torch.compiler.is_compiling():
+        # A traced tensor is a placeholder: the compiled code makes a new one on every call.
+        return
     _known[t] = (t._version, values)
 
 

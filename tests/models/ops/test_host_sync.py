@@ -61,3 +61,12 @@ def test_host_values_follow_in_place_changes():
     assert host_values(shapes) == shapes.tolist()
     shapes[0, 0] = 7
     assert host_values(shapes)[0] == [7, 5]
+
+
+def test_level_tensors_trace_under_torch_compile():
+    def offsets(x):
+        shapes, start = level_tensors(SHAPES, x.device)
+        return x + shapes.prod(1) + start
+
+    compiled = torch.compile(offsets, fullgraph=True, backend="eager")
+    assert compiled(torch.zeros(3)).tolist() == [30, 39, 41]
