@@ -18,7 +18,8 @@ import torch
 
 import main as main_module
 import util.dist as dist_utils
-from util.args import get_args_parser
+from datasets import DatasetError, data_error_message
+from util.args import get_args_parser, validate_args
 from util.checkpoint import CheckpointError, adopt_recorded_flags, load_checkpoint
 
 
@@ -31,7 +32,8 @@ def given_flags(argv: list[str]) -> set[str]:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser("test.py", parents=[get_args_parser()],
+    """main.py's command line, less the model flags; errors end as main.py's do, naming test.py."""
+    parser = argparse.ArgumentParser(prog="test.py", parents=[get_args_parser()],
                                      description="Evaluate a checkpoint with the architecture recorded in it")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -48,9 +50,14 @@ def cli(argv: list[str] | None = None) -> None:
         for notice in adopt_recorded_flags(args, saved, given, args.resume):
             print(f"test.py: {notice}", flush=True)
         del checkpoint
+        validate_args(parser, args)
         main_module.main(args)
     except CheckpointError as e:
         raise SystemExit(f"test.py: error: {e}") from None
+    except DatasetError as e:
+        raise SystemExit(f"test.py: data error: {data_error_message(e)}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(f"test.py: interrupted (SIGINT) during the evaluation of {args.resume}") from None
     finally:
         if dist_utils.is_dist_avail_and_initialized():
             torch.distributed.destroy_process_group()

@@ -93,7 +93,7 @@ def test_checkpoint_without_args_uses_the_command_line(checkpoint, tmp_path, mon
     torch.save({"model": torch.load(checkpoint, weights_only=False)["model"]}, bare)
     seen = []
     monkeypatch.setattr(main_module, "main", lambda args: seen.append(args))
-    script.cli(["--resume", str(bare), *RUN, "--hidden_dim", "32"])
+    script.cli(["--resume", str(bare), *RUN, "--hidden_dim", "32", "--dataset_file", "toy"])
     assert seen[0].hidden_dim == 32 and seen[0].backbone == "resnet50" and seen[0].arch_overrides == []
     assert "records no args" in capsys.readouterr().out
 
@@ -136,3 +136,15 @@ def test_resume_is_required(capsys):
     with pytest.raises(SystemExit) as info:
         script.cli(["--device", "cpu"])
     assert info.value.code == 2 and "test.py: error: --resume is required" in capsys.readouterr().err
+
+
+def test_flags_taken_from_the_checkpoint_are_validated(checkpoint, tmp_path, capsys):
+    """A COCO checkpoint needs --coco_path: said as main.py says it, before anything is built."""
+    saved = torch.load(checkpoint, weights_only=False)
+    saved["args"].dataset_file = "coco"
+    path = tmp_path / "coco.pth"
+    torch.save(saved, path)
+    with pytest.raises(SystemExit) as info:
+        script.cli(["--resume", str(path), *RUN, "--coco_path", str(tmp_path / "nowhere")])
+    assert info.value.code == 2
+    assert "test.py: error: --coco_path" in capsys.readouterr().err
