@@ -202,3 +202,38 @@ def test_sigint_ends_the_run_with_one_line_and_the_last_checkpoint_intact(tmp_pa
     ckpt = load_checkpoint(str(run / "checkpoint.pth"))
     assert ckpt["epoch"] == 0 and "progress" not in ckpt
     assert [x["epoch"] for x in _log(run)] == [0]
+
+
+def test_sigterm_to_a_two_process_run_stops_both_ranks_at_one_batch(tmp_path):
+    """tools/launch.py forwards SIGTERM (as SLURM signals every task): both gloo ranks agree where to
+    stop, the checkpoint holds each rank's generators and batch order, and the resumed run finishes."""
+    import socket
+
+    def launch(*extra, mark_at: int = 0) -> subprocess.Popen:
+        driver = tmp_path / "driver.py"
+        driver.write_text(DRIVER.format(root=ROOT))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, os.path.join(ROOT, "tools", "launch.py"), "--nproc_per_node", "2",
+               "--master_port", str(port), str(driver), *TINY, "--output_dir", str(run), "--num_workers", "0",
+               "--max_iters_per_epoch", "3", "--eval_every", "0", "--epochs", "2", *extra]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MARK_AT_CALL": str(mark_at)}
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                cwd=ROOT)
+
+    run = tmp_path / "run"
+    code, out, err = _signal_at_mark(launch(mark_at=5), signal.SIGTERM)
+    assert code != 0 and "Traceback" not in err, out[-2000:] + err[-2000:]
+    ckpt = load_checkpoint(str(run / "checkpoint.pth"))
+    assert ckpt["epoch"] == 0 and ckpt["progress"]["epoch"] == 1 and ckpt["progress"]["iteration"] == 2
+    assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
+    rank0, rank1 = ckpt["progress"]["batches"]
+    assert rank0.shape == rank1.shape == (100, 2)  # 400 images, 2 ranks, batches of 2
+    assert not set(rank0.flatten().tolist()) & set(rank1.flatten().tolist())
+
+    code, out, err = _finish(launch("--resume", str(run / "checkpoint.pth")))
+    assert code == 0, out[-2000:] + err[-2000:]
+    assert "Continuing epoch 1, iteration 2 of 3" in out
+    assert load_checkpoint(str(run / "checkpoint.pth"))["epoch"] == 1
+    assert [x["epoch"] for x in _log(run)] == [0, 1]
