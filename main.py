@@ -3,6 +3,12 @@
     python main.py --coco_path data/coco --output_dir exps/r50            # train
     python main.py --coco_path data/coco --resume ckpt.pth --eval         # evaluate
     python tools/launch.py --nproc_per_node 8 main.py ...                 # distributed
+
+Resuming (--resume OUTPUT_DIR/checkpoint.pth) continues the run as if it had never stopped: the
+generators of every rank travel in the checkpoint, an evaluation a kill cut short is completed
+first, and the lr and its schedule come from the current command line. SIGTERM (SLURM's notice
+before preemption) lets the current batch finish and saves the epoch's progress to checkpoint.pth;
+a requeued job with --resume continues in the middle of that epoch.
 """
 from __future__ import annotations
 
