@@ -37,6 +37,8 @@ from collections.abc import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_TAG = "GPU_CHECK_RESULT "
+# The op checks' device; the tests set GPU_CHECK_DEVICE=cpu to run the checking code itself.
+DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")
 # Deformable DETR R50 at 800x1333: the encoder's levels (S = 22,223 positions, all of them queries).
 FULL_SIZE_LEVELS = [(100, 167), (50, 84), (25, 42), (13, 21)]
 TINY_MODEL = (
@@ -60,16 +62,23 @@ def _rel_err(got, want) -> float:
 # Checks that run as Python code, each in a child process (``--one NAME``).
 
 
+def _sync() -> None:
+    import torch
+
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
 def _op_inputs(levels, n, n_queries, heads, head_dim, points, dtype, loc_range=(0.0, 1.0)):
-    """Random op inputs on CUDA: value, spatial_shapes, level_start_index, locations, weights."""
+    """Random op inputs on DEVICE: value, spatial_shapes, level_start_index, locations, weights."""
     import torch
 
     from models.ops.functions.level_shapes import level_tensors
 
-    shapes, start = level_tensors(levels, "cuda")
+    shapes, start = level_tensors(levels, DEVICE)
     s = sum(h * w for h, w in levels)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    kw = {"device": "cuda", "generator": g}
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    kw = {"device": DEVICE, "generator": g}
     value = torch.randn(n, s, heads, head_dim, **kw).to(dtype)
     low, high = loc_range
     loc = (torch.rand(n, n_queries, heads, len(levels), points, 2, **kw) * (high - low) + low).to(dtype)
@@ -99,7 +108,7 @@ def check_half_precision() -> dict:
     figures, failed = {}, []
     for dtype, (out_limit, grad_limit) in limits.items():
         value, shapes, start, loc, weights = _op_inputs(levels, 2, 300, 8, 32, 4, dtype, (-0.05, 1.05))
-        grad = torch.randn(2, 300, 8 * 32, device="cuda").to(dtype)
+        grad = torch.randn(2, 300, 8 * 32, device=DEVICE).to(dtype)
         got = _forward_backward(
             lambda v, sl, aw, s=shapes, i=start: ms_deform_attn(v, s, i, sl, aw), value, loc, weights, grad
         )
@@ -123,17 +132,18 @@ def check_full_size() -> dict:
 
     from models.ops.functions import ms_deform_attn
 
-    value, shapes, start, loc, weights = _op_inputs(FULL_SIZE_LEVELS, 2, 22223, 8, 32, 4, torch.float32)
-    grad = torch.randn(2, 22223, 8 * 32, device="cuda")
+    n_queries = sum(h * w for h, w in FULL_SIZE_LEVELS)  # 22,223: every position is a query
+    value, shapes, start, loc, weights = _op_inputs(FULL_SIZE_LEVELS, 2, n_queries, 8, 32, 4, torch.float32)
+    grad = torch.randn(2, n_queries, 8 * 32, device=DEVICE)
     results, figures = {}, {}
     for backend in ("cpp", "pytorch"):
         os.environ["MSDA_BACKEND"] = backend
         fn = lambda v, sl, aw: ms_deform_attn(v, shapes, start, sl, aw)
         _forward_backward(fn, value, loc, weights, grad)  # warm-up
-        torch.cuda.synchronize()
+        _sync()
         t0 = time.perf_counter()
         results[backend] = _forward_backward(fn, value, loc, weights, grad)
-        torch.cuda.synchronize()
+        _sync()
         figures[f"{backend}_fwd_bwd_ms"] = 1e3 * (time.perf_counter() - t0)
     failed = []
     limits = {"output": 1e-5, "grad_value": 1e-5, "grad_loc": 1e-3, "grad_attn": 1e-5}
@@ -191,10 +201,10 @@ def memcheck_case() -> dict:
     for dtype, head_dim in ((torch.float32, 32), (torch.float32, 33), (torch.float16, 8)):
         levels = [(7, 5), (3, 4), (1, 2)]
         value, shapes, start, loc, weights = _op_inputs(levels, 3, 37, 3, head_dim, 3, dtype, (-0.2, 1.2))
-        grad = torch.randn(3, 37, 3 * head_dim, device="cuda").to(dtype)
+        grad = torch.randn(3, 37, 3 * head_dim, device=DEVICE).to(dtype)
         fn = lambda v, sl, aw, s=shapes, i=start: ms_deform_attn(v, s, i, sl, aw)
         _forward_backward(fn, value, loc, weights, grad)
-    torch.cuda.synchronize()
+    _sync()
     return _result("pass", "ran")
 
 
@@ -297,34 +307,39 @@ def check_benchmark(timeout: float) -> dict:
     return result
 
 
+def torchrun_steps(out_root: str) -> list[tuple[str, str, list[str]]]:
+    """(config, step, main.py arguments) of the smoke run: a short epoch, then --eval of its checkpoint."""
+    common = [*TINY_MODEL, "--dataset_file", "toy", "--device", "cuda", "--num_workers", "2",
+              "--batch_size", "4", "--max_eval_iters", "10", "--print_freq", "10"]
+    steps = []
+    for name, flags in (("base", []), ("bf", ["--bf", "1"])):
+        out_dir = os.path.join(out_root, f"torchrun_{name}")
+        train = ["--epochs", "1", "--max_iters_per_epoch", "30", "--output_dir", out_dir]
+        checkpoint = os.path.join(out_dir, "checkpoint.pth")
+        evaluate = ["--eval", "--resume", checkpoint, "--output_dir", out_dir + "_eval"]
+        steps += [(name, "train", [*common, *flags, *train]), (name, "eval", [*common, *flags, *evaluate])]
+    return steps
+
+
 def check_torchrun_nccl(timeout: float) -> dict:
     """Train briefly and evaluate the checkpoint, through torchrun with one process and NCCL."""
     deadline = time.perf_counter() + timeout
     out_root = os.path.join(ROOT, "exps", "gpu_check")
-    figures, failed = {}, []
+    shutil.rmtree(out_root, ignore_errors=True)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
-    common = [*TINY_MODEL, "--dataset_file", "toy", "--device", "cuda", "--num_workers", "2",
-              "--batch_size", "4", "--max_eval_iters", "10", "--print_freq", "10"]
-    for name, flags in (("base", []), ("bf", ["--bf", "1"])):
-        out_dir = os.path.join(out_root, f"torchrun_{name}")
-        shutil.rmtree(out_dir, ignore_errors=True)
-        steps = (
-            ("train", ["--epochs", "1", "--max_iters_per_epoch", "30", "--output_dir", out_dir]),
-            ("eval", ["--eval", "--resume", os.path.join(out_dir, "checkpoint.pth"),
-                      "--output_dir", out_dir + "_eval"]),
-        )
-        for step, extra in steps:
-            argv = [*launcher, "main.py", *common, *flags, *extra]
-            code, out, secs = _run(argv, max(1.0, deadline - time.perf_counter()))
-            figures[f"{name}_{step}_s"] = round(secs, 1)
-            if code != 0 or "nccl" not in out:
-                failed.append(f"{name} {step}: exit {code}, {_tail(out, 2)}")
-                break
-        else:
-            stats_path = os.path.join(out_dir + "_eval", "eval_stats.json")
-            if os.path.isfile(stats_path):
-                with open(stats_path) as f:
-                    figures[f"{name}_eval_stats"] = json.load(f)
+    figures, failed = {}, []
+    for name, step, main_args in torchrun_steps(out_root):
+        if any(f.startswith(f"{name} ") for f in failed):
+            continue  # its training failed: nothing to evaluate
+        code, out, secs = _run([*launcher, "main.py", *main_args], max(1.0, deadline - time.perf_counter()))
+        figures[f"{name}_{step}_s"] = round(secs, 1)
+        if code != 0 or "nccl" not in out:
+            failed.append(f"{name} {step}: exit {code}, {_tail(out, 2)}")
+            continue
+        stats_path = os.path.join(main_args[main_args.index("--output_dir") + 1], "eval_stats.json")
+        if step == "eval" and os.path.isfile(stats_path):
+            with open(stats_path) as f:
+                figures[f"{name}_eval_stats"] = json.load(f)
     detail = ", ".join(f"{k} {v} s" for k, v in figures.items() if k.endswith("_s"))
     return _result("fail" if failed else "pass", "; ".join(failed) or detail, **figures)
 
