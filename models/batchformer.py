@@ -8,6 +8,10 @@ Two-stream training: at the first insert index the batch x (B, L, C) becomes [x 
 at later indices only the second stream goes through the layer. Both streams share every other
 weight, so the layer works as a training-time regulariser: at inference it is skipped (stream 0 is
 plain Deformable DETR) unless ``--eval_bf`` applies it to the single stream.
+
+The same layer, doubling and parameter split serve the plug-in beyond detection
+(``models/batchformer_plugin.py`` on feature vectors (N, C), ``models/batchformer_vit.py`` in a
+vision transformer), so that there is one implementation of each.
 """
 
 from __future__ import annotations
@@ -21,14 +25,20 @@ BF_HEADS = 4
 BF_DROPOUT = 0.5
 
 
-def build_batchformer(d_model: int, num_layers: int = 1) -> nn.Module:
-    """One BatchFormer: a TransformerEncoderLayer, or an nn.TransformerEncoder of ``num_layers``."""
-    if d_model % BF_HEADS != 0:
+def build_batchformer(
+    d_model: int,
+    num_layers: int = 1,
+    nhead: int = BF_HEADS,
+    dropout: float = BF_DROPOUT,
+    dim_name: str = "--hidden_dim",
+) -> nn.Module:
+    """One BatchFormer: a TransformerEncoderLayer(d_model, nhead, d_model, dropout), or an
+    nn.TransformerEncoder of ``num_layers`` of them. ``dim_name`` names d_model in the error."""
+    if d_model % nhead != 0:
         raise ValueError(
-            f"BatchFormerV2 uses {BF_HEADS} heads: --hidden_dim must be divisible by {BF_HEADS}, "
-            f"got {d_model}"
+            f"BatchFormer uses {nhead} heads: {dim_name} must be divisible by {nhead}, got {d_model}"
         )
-    layer = nn.TransformerEncoderLayer(d_model, BF_HEADS, dim_feedforward=d_model, dropout=BF_DROPOUT)
+    layer = nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward=d_model, dropout=dropout)
     if num_layers == 1:
         return layer
     return nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
@@ -36,15 +46,18 @@ def build_batchformer(d_model: int, num_layers: int = 1) -> nn.Module:
 
 def attend_across_batch(bf: nn.Module, x: Tensor) -> Tensor:
     """(B, L, C) -> (B, L, C): every position l attends to position l of the other images.
+    Feature vectors (N, C) -> (N, C): every sample attends to the others.
 
     A sequence-first TransformerEncoderLayer reads (S, N, E); (B, L, C) read that way makes the
     images the sequence and the positions the batch, with no copy.
     """
+    if x.dim() == 2:
+        return bf(x.unsqueeze(1)).squeeze(1)
     return bf(x)
 
 
 def batchformer_step(bf: nn.Module, x: Tensor, num_images: int, two_stream: bool) -> Tensor:
-    """Apply one insert index to the encoder state x, (B, L, C) or (2B, L, C) once two-streamed.
+    """Apply one insert index to x, (B, L, C) or (B, C); (2B, ...) once two-streamed.
 
     Single stream: bf(x). Two streams: [x ; bf(x)] at the first index (x has ``num_images`` rows),
     then [x0 ; bf(x1)] (the second stream only) at later ones.
@@ -94,3 +107,33 @@ def resolve_insert_indices(
             f"(--enc_layers {enc_layers}), got {bad}"
         )
     return sorted(set(insert_idx))
+
+
+def is_batchformer_parameter(name: str) -> bool:
+    """Whether a parameter (or state-dict key) belongs to a BatchFormer: a path component named ``bf``
+    (``transformer.bf.*``, ``transformer.encoder.bf.N.*``; ``bf.*`` and ``bf.layers.N.*`` in the plug-in).
+    """
+    return "bf" in name.split(".")
+
+
+def batchformer_param_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    bf_lr_mult: float = 1.0,
+    bf_weight_decay: float | None = None,
+) -> list[dict]:
+    """Two optimizer groups: every other trainable parameter at (lr, weight_decay), then the
+    BatchFormer's at (lr * bf_lr_mult, bf_weight_decay or weight_decay).
+
+    A separate group lets the BatchFormer, which only ever sees training batches, be tuned or frozen
+    apart from the network it regularises. A shared layer registered twice is listed once.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    rest = [p for n, p in named if not is_batchformer_parameter(n)]
+    bf = [p for n, p in named if is_batchformer_parameter(n)]
+    return [
+        {"params": rest, "lr": lr, "weight_decay": weight_decay},
+        {"params": bf, "lr": lr * bf_lr_mult,
+         "weight_decay": weight_decay if bf_weight_decay is None else bf_weight_decay},
+    ]
