@@ -160,8 +160,13 @@ def _resume(args, model, optimizer, scheduler, scaler) -> dict | None:
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise CheckpointError(f"--resume {args.resume}: expected a dict with a 'model' entry "
                               f"(a checkpoint written by main.py), got {type(checkpoint).__name__}")
-    load_weights(model, checkpoint, args, name=f"--resume {args.resume}", complete=args.eval)
+    report = load_weights(model, checkpoint, args, name=f"--resume {args.resume}", complete=args.eval)
     if args.eval or not all(k in checkpoint for k in ("optimizer", "lr_scheduler", "epoch")):
+        return None
+    if getattr(args, "allow_partial_load", False) and not report.clean:
+        # The saved moments and epoch belong to a model whose tensors did not all load.
+        print(f"--resume {args.resume} loaded in part (--allow_partial_load): optimizer, schedule and epoch "
+              f"are not restored; training starts at epoch {args.start_epoch}", flush=True)
         return None
     saved_groups = checkpoint["optimizer"].get("param_groups", [])
     if len(saved_groups) != len(optimizer.param_groups) or any(

@@ -544,3 +544,29 @@ def test_frozen_detector_must_fit_the_mask_model_except_for_masks(tmp_path):
     torch.save(detector, path)
     with pytest.raises(CheckpointError, match=r"detector.pth lacks 1 weight tensors .*query_embed.weight"):
         main_module._load_frozen_weights(model, path, args)
+
+
+def test_partial_load_for_training_starts_afresh_instead_of_resuming(tmp_path, capsys):
+    """The saved optimizer moments belong to the tensors that did not load: they must not be restored."""
+    import main as main_module
+    from models import build_model
+
+    args = _tiny_args("--num_queries", "12")
+    model, _, _ = build_model(args)
+    optimizer, scheduler = main_module.build_optimizer(model, args)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p) if p.requires_grad else None
+    optimizer.step()
+    scheduler.step()
+    checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                  "lr_scheduler": scheduler.state_dict(), "epoch": 3, "args": args}
+    path = str(tmp_path / "ckpt.pth")
+    torch.save(checkpoint, path)
+    args = _tiny_args("--resume", path, "--allow_partial_load")
+    model, _, _ = build_model(args)
+    optimizer, scheduler = main_module.build_optimizer(model, args)
+    main_module._resume(args, model, optimizer, scheduler, None)
+    assert args.start_epoch == 0 and optimizer.state_dict()["state"] == {}
+    assert "query_embed.weight checkpoint [12, 64] vs model [10, 64]" in capsys.readouterr().out
+    key = "class_embed.0.weight"
+    assert torch.equal(model.state_dict()[key], checkpoint["model"][key])
