@@ -490,6 +490,11 @@ class DeformableTransformer(nn.Module):
             enc_outputs_class = self.decoder.class_embed[head](output_memory)
             enc_outputs_coord_unact = self.decoder.bbox_embed[head](output_memory) + output_proposals
             topk = self.two_stage_num_proposals
+            if topk > output_memory.shape[1]:
+                raise ValueError(
+                    f"--num_queries ({topk}) exceeds the {output_memory.shape[1]} encoder positions of this "
+                    "batch, among which two-stage picks its queries: lower --num_queries or use larger images"
+                )
             topk_proposals = torch.topk(enc_outputs_class[..., 0], topk, dim=1)[1]  # (B', Q)
             topk_coords_unact = torch.gather(
                 enc_outputs_coord_unact, 1, topk_proposals[..., None].expand(-1, -1, 4)

@@ -290,3 +290,10 @@ def test_two_stage_reference_points_are_float32_under_float16_autocast():
     assert out.enc_outputs_coord_unact.dtype == torch.float32
     (loss * 2.0**16).backward()
     assert all(p.grad.isfinite().all() for p in t.parameters() if p.grad is not None)
+
+
+def test_two_stage_with_more_queries_than_encoder_positions_names_the_flag():
+    t = _transformer(two_stage=True, two_stage_num_proposals=6 * 8 + 3 * 4 + 1)
+    _attach_heads(t, 4)
+    with pytest.raises(ValueError, match=r"--num_queries \(61\).*60 encoder positions"):
+        t.forward_features(*_inputs())
