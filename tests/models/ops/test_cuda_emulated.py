@@ -34,7 +34,7 @@ TOLERANCES = {
 
 # (spatial_shapes, n, n_queries, n_heads, head_dim, n_points): the op tests' cases, head_dim 257
 # (nine channels per lane, so two register chunks of the forward) and enough threads for many
-# blocks with a partial last one.
+# blocks with a partial last block and a partial last warp.
 CASES = {
     "one-level": ([(4, 5)], 2, 3, 2, 8, 2),
     "non-square-levels": ([(6, 3), (2, 5), (1, 2)], 2, 3, 2, 4, 2),
@@ -48,7 +48,7 @@ CASES = {
     "head-dim-257": ([(3, 4), (2, 2)], 1, 2, 2, 257, 2),
     "batch-3": ([(3, 4), (2, 2)], 3, 2, 2, 4, 2),
     "empty-query-set": ([(3, 4), (2, 2)], 2, 0, 2, 4, 2),
-    "many-blocks": ([(7, 9), (3, 5)], 2, 150, 4, 16, 3),
+    "many-blocks": ([(7, 9), (3, 5)], 2, 150, 3, 16, 3),
 }
 
 
@@ -111,14 +111,14 @@ def test_locations_on_borders_and_outside(dtype, emulated, inputs):
     _run_and_check(emulated, dtype, value, shapes, start, loc, weights)
 
 
-def test_many_blocks_case_has_a_partial_last_block(emulated):
+def test_many_blocks_case_has_a_partial_last_block_and_warp(emulated):
     """The launch the many-blocks case gets: what the real launch code computes for it."""
     shapes_list, n, n_queries, n_heads, head_dim, _ = CASES["many-blocks"]
     group, num_threads, blocks, per_block = emulated.launch_sizes(head_dim, n * n_queries * n_heads)
     assert (group, per_block) == (4, 256)
     assert num_threads == n * n_queries * n_heads * group
     assert blocks == -(-num_threads // per_block) and blocks >= 10
-    assert num_threads % per_block != 0
+    assert num_threads % per_block != 0 and num_threads % 32 != 0
 
 
 def test_bf16_values_with_float32_locations_lose_only_the_value_rounding(emulated, inputs):
