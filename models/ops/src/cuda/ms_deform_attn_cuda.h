@@ -1,5 +1,7 @@
-// CUDA kernels of multi-scale deformable attention (float64, float32, float16, bfloat16).
-// Inputs are contiguous tensors on one CUDA device; shapes as in ms_deform_attn.h.
+// CUDA kernels of multi-scale deformable attention (float64, float32, float16, bfloat16 values).
+// Inputs are contiguous tensors on one CUDA device; shapes as in ms_deform_attn.h. sampling_loc and
+// attn_weight are float32 (float64 for float64 values), whatever the value dtype; so are the
+// gradients returned for them.
 #pragma once
 
 #include <ATen/ATen.h>
