@@ -93,7 +93,8 @@ def compiled_extension() -> ModuleType | None:
     try:
         _state["module"] = _jit_build()
     except Exception as err:  # any build failure means: fall back, never crash
-        _state["error"] += f"; first-use build failed: {str(err).strip().splitlines()[-1:]}"
+        last_line = (str(err).strip().splitlines() or [""])[-1]
+        _state["error"] += f"; first-use build failed: {type(err).__name__}: {last_line}"
     return _state["module"]
 
 
