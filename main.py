@@ -29,7 +29,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 import util.dist as dist_utils
 from datasets import DatasetError, data_error_message
 from engine import NonFiniteLossError, evaluate, train_one_epoch
-from util.args import get_args_parser, validate_args
+from util.args import FlagError, get_args_parser, validate_args
 from util.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from util.misc import collate_fn
 from util.run_state import (
@@ -461,6 +461,8 @@ def cli(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {e}") from e
     except DatasetError as e:
         raise SystemExit(f"main.py: data error: {data_error_message(e)}") from e
+    except FlagError as e:
+        parser.error(str(e))
     except Preempted as e:
         print(f"main.py: {e}", file=sys.stderr, flush=True)
         raise SystemExit(e.code) from None

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from models.batchformer import BatchFormerPlan, batchformer_step, build_batchformer
 from models.ops.functions.level_shapes import level_tensors
 from models.ops.modules import MSDeformAttn
+from util.args import FlagError
 from util.misc import inverse_sigmoid
 
 
@@ -491,7 +492,7 @@ class DeformableTransformer(nn.Module):
             enc_outputs_coord_unact = self.decoder.bbox_embed[head](output_memory) + output_proposals
             topk = self.two_stage_num_proposals
             if topk > output_memory.shape[1]:
-                raise ValueError(
+                raise FlagError(
                     f"--num_queries ({topk}) exceeds the {output_memory.shape[1]} encoder positions of this "
                     "batch, among which two-stage picks its queries: lower --num_queries or use larger images"
                 )

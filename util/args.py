@@ -159,6 +159,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class FlagError(ValueError):
+    """A flag whose value conflicts with the data, found only while running (e.g. more two-stage queries
+    than encoder positions); main.py reports it like a bad flag: one line, exit code 2."""
+
+
 # Validation. Each check returns a message naming the flag and what is allowed, or None; the parser is
 # built without constraints (its defaults and types are the public ones), so that parent parsers and
 # scripts that fill an args namespace themselves keep working.

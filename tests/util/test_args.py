@@ -178,3 +178,14 @@ def test_unreadable_image_is_reported_in_one_line(tmp_path, num_workers):
     message = str(e.value.code)
     assert "Traceback" not in message and len(message.splitlines()) == 1
     assert "val2017" in message and "cannot read image" in message
+
+
+def test_flag_conflict_found_while_running_is_reported_like_a_bad_flag(tmp_path, capsys):
+    """Two-stage picks --num_queries of the encoder positions: only the images tell how many there are."""
+    root = _small_coco(tmp_path / "coco")
+    with pytest.raises(SystemExit) as e:
+        main.cli([*BASE, "--dataset_file", "coco", "--coco_path", str(root), "--eval",
+                  "--two_stage", "--with_box_refine", "--num_queries", "90000"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("main.py: error: --num_queries (90000) exceeds the")
