@@ -162,7 +162,7 @@ class DeformableDETRsegm(nn.Module):
         t = state.transformer
         hs = t.hs[-1]  # (B', Q, C)
         b2 = hs.shape[0]
-        h8, w8 = (int(v) for v in t.spatial_shapes[0])
+        h8, w8 = state.srcs[0].shape[-2:]  # level 0's size, read from its shape: no device read
         memory8 = t.memory[:, : h8 * w8].transpose(1, 2).reshape(b2, -1, h8, w8)  # level 0 = stride 8
         mask8 = t.mask_flatten[:, : h8 * w8].view(b2, h8, w8)
         feat8 = state.features[0].tensors

@@ -22,6 +22,7 @@ CONFIGS = {
     "two_stage": ["--with_box_refine", "--two_stage"],
     "bf": ["--bf", "1"],
     "bf_eval_bf": ["--bf", "1", "--eval_bf"],
+    "masks": ["--masks"],
 }
 
 
