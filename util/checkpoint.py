@@ -90,7 +90,8 @@ def _safe_globals_allowed() -> Iterator[None]:
             yield
         return
     # Process-wide on torch 2.4: these are the same harmless types, whichever load comes next.
-    torch.serialization.add_safe_globals(SAFE_GLOBALS)
+    known = torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals([g for g in SAFE_GLOBALS if g not in known])
     yield
 
 
@@ -220,6 +221,10 @@ def load_checkpoint(path_or_url: str, map_location="cpu"):
     path = _download(path_or_url) if _is_url(path_or_url) else path_or_url
     shown = f"{path!r}" if path == path_or_url else f"{path!r} (downloaded from {path_or_url})"
     if os.path.isdir(path):
+        from util import hf_checkpoint  # imports this module: loaded on first use
+
+        if hf_checkpoint.is_hf_folder(path):  # config.json + weights: transformers' format, converted
+            return hf_checkpoint.load_hf_checkpoint(path)
         raise CheckpointError(f"checkpoint {shown} is a directory; pass the checkpoint file in it (e.g. "
                               f"{os.path.join(path, 'checkpoint.pth')})")
     if not os.path.isfile(path):
