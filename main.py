@@ -154,7 +154,9 @@ def _load_frozen_weights(model: torch.nn.Module, path: str, args) -> None:
 def _resume(args, model, optimizer, scheduler, scaler) -> dict | None:
     """Weights always; optimizer, scheduler, epoch (and the fp16 grad scaler) unless --eval.
 
-    Returns the checkpoint when training continues from it (for what ``_continue_run`` restores).
+    When training continues from the checkpoint, returns its run-state entries (epoch, args, rng,
+    train_stats, progress) for ``_unlogged_epoch`` and ``_continue_run``; not the weights, which would
+    stay referenced for the whole run.
     """
     checkpoint = load_checkpoint(args.resume)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
@@ -183,7 +185,7 @@ def _resume(args, model, optimizer, scheduler, scaler) -> dict | None:
     lrs = ", ".join(f"{g['lr']:.3g}" for g in optimizer.param_groups)
     print(f"Resumed from {args.resume} at epoch {args.start_epoch} (group lrs {lrs}, from the command line)",
           flush=True)
-    return checkpoint
+    return {k: checkpoint[k] for k in ("epoch", "args", "rng", "train_stats", "progress") if k in checkpoint}
 
 
 def _continue_run(checkpoint: dict | None, args, epoch_loader: EpochLoader) -> tuple[dict, int]:
