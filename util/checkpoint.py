@@ -67,7 +67,7 @@ def _encode(obj: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
     return codecs.encode(obj, encoding, errors)
 
 
-# How a pickled numpy scalar spells its raw bytes; torch >= 2.6 allows it by default.
+# How a pickled numpy scalar spells its raw bytes; recent torch allows it by default, older may not.
 _encode.__module__, _encode.__name__, _encode.__qualname__ = "_codecs", "encode", "encode"
 
 # Everything a checkpoint may hold beyond what torch's weights-only unpickler allows by default.
@@ -389,9 +389,10 @@ def _same(a, b) -> bool:
 def architecture_differences(saved_args, args, skip=()) -> list[tuple[str, object, object]]:
     """(flag, checkpoint value, this run's value) for each structural flag on which they differ.
 
-    Empty when the checkpoint records no args (then only its keys can be checked).
+    Empty when the checkpoint records no args, or args of an unknown kind (then only its keys can be
+    checked).
     """
-    if saved_args is None:
+    if not isinstance(saved_args, (argparse.Namespace, dict)):
         return []
     saved_bf, run_bf = recorded_value(saved_args, "bf"), _plain(getattr(args, "bf", 0))
     differences = []
@@ -474,7 +475,7 @@ def adopt_recorded_flags(args: argparse.Namespace, saved_args, given: set[str], 
     (the tensors must still fit).
     """
     args.arch_overrides = []
-    if saved_args is None:
+    if not isinstance(saved_args, (argparse.Namespace, dict)):
         return [f"{name} records no args: the model is built from the command line's flags"]
     adopted, overridden, notices = [], [], []
     for flag in RECORDED_MODEL_FLAGS:

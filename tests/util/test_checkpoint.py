@@ -570,3 +570,12 @@ def test_partial_load_for_training_starts_afresh_instead_of_resuming(tmp_path, c
     assert "query_embed.weight checkpoint [12, 64] vs model [10, 64]" in capsys.readouterr().out
     key = "class_embed.0.weight"
     assert torch.equal(model.state_dict()[key], checkpoint["model"][key])
+
+
+def test_args_recorded_as_a_dict_are_compared_and_other_kinds_ignored(tmp_path):
+    checkpoint = _tiny_checkpoint("--with_box_refine")
+    checkpoint["args"] = vars(checkpoint["args"])
+    with pytest.raises(CheckpointError, match=r"--with_box_refine \(checkpoint True, this run False\)"):
+        _resume_into(checkpoint, tmp_path, "--eval")
+    checkpoint["args"] = "resnet50 deformable"  # neither a Namespace nor a dict: only the keys are checked
+    _resume_into(checkpoint, tmp_path, "--eval", "--with_box_refine")
