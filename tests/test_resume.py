@@ -103,15 +103,24 @@ def test_kill_during_evaluation_keeps_the_epoch_record(uninterrupted, tmp_path, 
 
 
 # A driver for main.cli in a subprocess: with MARK_AT_CALL=n, the n-th call of the criterion prints
-# MARK and sleeps, so that the test's signal arrives in the middle of that training iteration.
+# MARK and waits (at most a minute) until the test's signal has reached the process, so that the
+# signal arrives in the middle of that training iteration however slow the machine.
 DRIVER = """
 import os, sys, time
 sys.path.insert(0, {root!r})
 import models
 import main
+import util.run_state as run_state
 
 mark_at = int(os.environ.get("MARK_AT_CALL", "0"))
 real_build = models.build_model
+received = []
+real_handle = run_state.StopRequest._handle
+
+
+def handle(self, signum, frame):
+    received.append(signum)
+    real_handle(self, signum, frame)
 
 
 def build(args):
@@ -122,13 +131,16 @@ def build(args):
         calls[0] += 1
         if calls[0] == mark_at:
             print("MARK", flush=True)
-            time.sleep(2)
+            deadline = time.monotonic() + 60
+            while not received and time.monotonic() < deadline:
+                time.sleep(0.05)
         return forward(outputs, targets)
 
     criterion.forward = marked
     return model, criterion, postprocessors
 
 
+run_state.StopRequest._handle = handle
 models.build_model = build
 main.cli(sys.argv[1:])
 """
