@@ -1,0 +1,264 @@
+"""tools/convert_hf.py and util.hf_checkpoint against transformers' Deformable DETR, an implementation
+no one here wrote: random weights, built from a config (nothing downloaded), converted, and the same
+padded batch through both models."""
+import json
+import os
+import re
+
+import pytest
+import torch
+
+transformers = pytest.importorskip(
+    "transformers", reason="transformers is not installed (a test dependency in requirements.txt: "
+                           "`make deps`); the Hugging Face conversion tests need it as their reference")
+pytest.importorskip("safetensors", reason="safetensors is not installed (requirements.txt: `make deps`)")
+
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from models import build_model  # noqa: E402
+from models.ops.functions import extension  # noqa: E402
+from tools import convert_hf  # noqa: E402
+from util.checkpoint import load_checkpoint  # noqa: E402
+from util.hf_checkpoint import HFCheckpointError, load_hf_checkpoint, save_hf_folder  # noqa: E402
+from util.misc import nested_tensor_from_tensor_list  # noqa: E402
+
+# Small where the config allows; the backbone is a full ResNet-50 (ours has no smaller bottleneck one).
+SMALL = dict(d_model=64, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+             encoder_attention_heads=8, decoder_attention_heads=8, encoder_n_points=2, decoder_n_points=2,
+             num_queries=12, two_stage_num_proposals=12, num_labels=91)
+VARIANTS = {
+    "base": {},
+    "single_scale": {"num_feature_levels": 1},
+    "refine": {"with_box_refine": True},
+    "two_stage": {"with_box_refine": True, "two_stage": True},
+}
+BACKENDS = ["cpp", "pytorch"]
+
+
+def _config(variant: str, naming: str = "resnet", **extra):
+    levels = VARIANTS[variant].get("num_feature_levels", 4)
+    fields = {**SMALL, **VARIANTS[variant], **extra}
+    if naming == "timm":  # the form of the published config.json files
+        fields.update(use_timm_backbone=True, backbone="resnet50", use_pretrained_backbone=False)
+        return transformers.DeformableDetrConfig.from_dict(fields)
+    stages = ["stage2", "stage3", "stage4"] if levels > 1 else ["stage4"]
+    return transformers.DeformableDetrConfig(backbone_config=transformers.ResNetConfig(out_features=stages),
+                                             **fields)
+
+
+def _hf_model(variant: str, naming: str = "resnet"):
+    """transformers' model with random weights everywhere: its init leaves sampling offsets, attention
+    weights and the frozen batch-norm statistics trivial, which would hide a mix-up."""
+    torch.manual_seed(0)
+    model = transformers.DeformableDetrForObjectDetection(_config(variant, naming)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".backbone." not in name:
+                p.add_(0.1 * torch.randn_like(p))
+        for name, b in model.named_buffers():
+            if name.endswith("running_var"):
+                b.uniform_(0.5, 1.5)
+            elif name.endswith("running_mean"):
+                b.normal_(0.0, 0.1)
+    return model
+
+
+def _batch():
+    """Two sizes in one batch: the second image is padded bottom and right."""
+    g = torch.Generator().manual_seed(1)
+    images = [torch.randn(3, 64, 80, generator=g), torch.randn(3, 40, 56, generator=g)]
+    return nested_tensor_from_tensor_list(images)
+
+
+def _assert_same_files(written, saved):
+    written, saved = load_file(written / "model.safetensors"), load_file(saved / "model.safetensors")
+    assert sorted(written) == sorted(saved)
+    assert all(torch.equal(written[k], saved[k]) for k in saved)
+
+
+def _ours(checkpoint):
+    model, _, postprocessors = build_model(checkpoint["args"])
+    model.load_state_dict(checkpoint["model"], strict=True)
+    return model.eval(), postprocessors["bbox"]
+
+
+def _use_backend(monkeypatch, backend: str):
+    if backend == "cpp" and "cpu" not in extension.compiled_device_types():
+        pytest.skip("the compiled op is not built (`make op`)")
+    monkeypatch.setenv("MSDA_BACKEND", backend)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_same_outputs_and_round_trip(variant, tmp_path, monkeypatch):
+    hf = _hf_model(variant)
+    hf.save_pretrained(tmp_path / "hf")
+    checkpoint = load_checkpoint(str(tmp_path / "hf"))  # the --resume / test.py path
+    args = checkpoint["args"]
+    assert (args.hidden_dim, args.enc_layers, args.dec_layers, args.num_queries) == (64, 1, 2, 12)
+    assert args.num_feature_levels == VARIANTS[variant].get("num_feature_levels", 4)
+    assert args.with_box_refine == ("refine" in variant or variant == "two_stage")
+    assert args.two_stage == (variant == "two_stage") and args.dataset_file == "coco"
+    model, postprocess = _ours(checkpoint)
+
+    samples = _batch()
+    with torch.no_grad():
+        theirs = hf(pixel_values=samples.tensors, pixel_mask=(~samples.mask).long())
+    sizes = torch.tensor([[64, 80], [40, 56]])
+    processor = transformers.DeformableDetrImageProcessor()
+    expected = processor.post_process_object_detection(theirs, threshold=0.0, target_sizes=sizes, top_k=100)
+    for backend in BACKENDS:
+        _use_backend(monkeypatch, backend)
+        with torch.no_grad():
+            out = model(samples)
+        torch.testing.assert_close(out["pred_logits"], theirs.logits, atol=1e-4, rtol=0)
+        torch.testing.assert_close(out["pred_boxes"], theirs.pred_boxes, atol=1e-4, rtol=0)
+        for mine, ref in zip(postprocess(out, sizes), expected):
+            assert torch.equal(mine["labels"], ref["labels"])
+            torch.testing.assert_close(mine["scores"], ref["scores"], atol=1e-4, rtol=0)
+            torch.testing.assert_close(mine["boxes"], ref["boxes"], atol=1e-3, rtol=0)
+
+    # Back: the very file save_pretrained wrote, and a folder from_pretrained loads completely.
+    save_hf_folder(checkpoint, str(tmp_path / "back"))
+    _assert_same_files(tmp_path / "back", tmp_path / "hf")
+    reloaded, info = transformers.DeformableDetrForObjectDetection.from_pretrained(
+        tmp_path / "back", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    original = hf.state_dict()
+    assert sorted(reloaded.state_dict()) == sorted(original)
+    assert all(torch.equal(v, original[k]) for k, v in reloaded.state_dict().items())
+
+
+def test_in_memory_names_of_transformers_5(tmp_path):
+    """model.state_dict() names (``model.backbone.model``, ``mlp.fc1``, ``o_proj``) convert alike."""
+    hf = _hf_model("base")
+    hf.save_pretrained(tmp_path / "saved")
+    save_file({k: v.clone() for k, v in hf.state_dict().items()}, tmp_path / "saved" / "model.safetensors")
+    runtime = load_hf_checkpoint(str(tmp_path / "saved"))
+    hf.save_pretrained(tmp_path / "again")
+    reference = load_hf_checkpoint(str(tmp_path / "again"))
+    assert sorted(runtime["model"]) == sorted(reference["model"])
+    assert all(torch.equal(runtime["model"][k], reference["model"][k]) for k in reference["model"])
+
+
+def _timm_name(name: str) -> str:
+    """transformers' ResNet backbone name -> timm's (torchvision's), written out here independently."""
+    prefix = "model.backbone.conv_encoder.model."
+    if not name.startswith(prefix):
+        return name
+    body = name[len(prefix):]
+    stem = re.fullmatch(r"embedder\.embedder\.(convolution|normalization)\.(\w+)", body)
+    if stem:
+        return prefix + ("conv1." if stem.group(1) == "convolution" else "bn1.") + stem.group(2)
+    stage, block, part, index, kind, leaf = re.fullmatch(
+        r"encoder\.stages\.(\d)\.layers\.(\d+)\.(shortcut|layer\.(\d))\.(convolution|normalization)\.(\w+)",
+        body).groups()
+    if part == "shortcut":
+        module = "downsample.0" if kind == "convolution" else "downsample.1"
+    else:
+        module = ("conv" if kind == "convolution" else "bn") + str(int(index) + 1)
+    return f"{prefix}layer{int(stage) + 1}.{block}.{module}.{leaf}"
+
+
+def test_timm_backbone_naming_renamed(tmp_path):
+    """The published checkpoints' backbone naming (timm's resnet50, config use_timm_backbone/backbone),
+    without timm: transformers' ResNet weights renamed convert to the same model, and go back out as
+    they came in."""
+    hf = _hf_model("base")
+    hf.save_pretrained(tmp_path / "resnet")
+    native = load_hf_checkpoint(str(tmp_path / "resnet"))
+    timm_folder = tmp_path / "timm"
+    timm_folder.mkdir()
+    state = load_file(tmp_path / "resnet" / "model.safetensors")
+    save_file({_timm_name(k): v for k, v in state.items()}, timm_folder / "model.safetensors")
+    config = json.loads((tmp_path / "resnet" / "config.json").read_text())
+    config.update(backbone_config=None, use_timm_backbone=True, backbone="resnet50")
+    (timm_folder / "config.json").write_text(json.dumps(config))
+    renamed = load_hf_checkpoint(str(timm_folder))
+    assert sorted(renamed["model"]) == sorted(native["model"])
+    assert all(torch.equal(renamed["model"][k], native["model"][k]) for k in native["model"])
+    save_hf_folder(renamed, str(tmp_path / "back"), naming="timm")
+    _assert_same_files(tmp_path / "back", timm_folder)
+
+
+def test_timm_backbone_naming(tmp_path, monkeypatch):
+    """The same with transformers' own timm-backed model, where timm is installed."""
+    pytest.importorskip("timm", reason="transformers builds its timm backbone only with timm installed")
+    hf = _hf_model("base", naming="timm")
+    hf.save_pretrained(tmp_path / "hf")
+    assert "model.backbone.conv_encoder.model.layer1.0.conv1.weight" in load_file(
+        tmp_path / "hf" / "model.safetensors")
+    checkpoint = load_hf_checkpoint(str(tmp_path / "hf"))
+    model, _ = _ours(checkpoint)
+    samples = _batch()
+    _use_backend(monkeypatch, "pytorch")
+    with torch.no_grad():
+        theirs = hf(pixel_values=samples.tensors, pixel_mask=(~samples.mask).long())
+        out = model(samples)
+    torch.testing.assert_close(out["pred_logits"], theirs.logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out["pred_boxes"], theirs.pred_boxes, atol=1e-4, rtol=0)
+    save_hf_folder(checkpoint, str(tmp_path / "back"), naming="timm")
+    _assert_same_files(tmp_path / "back", tmp_path / "hf")
+
+
+def test_refine_class_heads_per_layer_are_kept(tmp_path):
+    """transformers ties a +refine model's class heads to the first; the published models have one per
+    layer (SPEC section 4): distinct heads go out and come back distinct, and transformers loads them."""
+    hf = _hf_model("refine")
+    hf.save_pretrained(tmp_path / "hf")
+    checkpoint = load_hf_checkpoint(str(tmp_path / "hf"))
+    state = dict(checkpoint["model"])
+    state["class_embed.1.weight"] = torch.randn_like(state["class_embed.0.weight"])
+    save_hf_folder({"model": state, "args": checkpoint["args"]}, str(tmp_path / "back"))
+    assert "class_embed.1.weight" in load_file(tmp_path / "back" / "model.safetensors")
+    back = load_hf_checkpoint(str(tmp_path / "back"))
+    assert torch.equal(back["model"]["class_embed.1.weight"], state["class_embed.1.weight"])
+    reloaded = transformers.DeformableDetrForObjectDetection.from_pretrained(tmp_path / "back")
+    assert torch.equal(reloaded.class_embed[1].weight, state["class_embed.1.weight"])
+
+
+def _folder_with(tmp_path, config_changes: dict, tensors=None):
+    hf = _hf_model("single_scale")
+    hf.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(config_changes)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    if tensors is not None:
+        state = load_file(tmp_path / "model.safetensors")
+        tensors(state)
+        save_file(state, tmp_path / "model.safetensors")
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"position_embedding_type": "learned"}, "position_embedding_type"),
+    ({"decoder_ffn_dim": 32}, "decoder_ffn_dim"),
+    ({"id2label": {str(i): str(i) for i in range(5)}}, "id2label"),
+    ({"activation_function": "gelu"}, "activation_function"),
+    ({"backbone_config": {"model_type": "swin"}}, "backbone_config.model_type"),
+    ({"backbone_config": None, "use_timm_backbone": True, "backbone": "resnet50d"}, "backbone"),
+    ({"num_feature_levels": 4}, "backbone_config.out_indices"),
+])
+def test_refuses_what_we_cannot_represent(tmp_path, changes, field):
+    with pytest.raises(HFCheckpointError, match=f"config.json: {field} ="):
+        load_hf_checkpoint(_folder_with(tmp_path, changes))
+
+
+def test_refuses_a_partial_load(tmp_path):
+    extra = _folder_with(tmp_path / "extra", {}, lambda s: s.update(extra_head=torch.zeros(3)))
+    with pytest.raises(HFCheckpointError, match="1 tensors .* no place for: extra_head"):
+        load_hf_checkpoint(extra)
+    missing = _folder_with(tmp_path / "missing", {}, lambda s: s.pop("model.level_embed"))
+    with pytest.raises(HFCheckpointError, match="lacks model.level_embed"):
+        load_hf_checkpoint(missing)
+
+
+def test_tool_both_directions(tmp_path, capsys):
+    hf = _hf_model("single_scale")
+    hf.save_pretrained(tmp_path / "hf")
+    assert convert_hf.main(["to-ours", str(tmp_path / "hf"), str(tmp_path / "ours.pth")]) == 0
+    ours = load_checkpoint(str(tmp_path / "ours.pth"))
+    assert ours["args"].num_feature_levels == 1 and len(ours["model"]) > 300
+    assert convert_hf.main(["to-hf", str(tmp_path / "ours.pth"), str(tmp_path / "back")]) == 0
+    assert os.path.isfile(tmp_path / "back" / "config.json")
+    assert convert_hf.main(["to-ours", str(tmp_path / "nowhere"), str(tmp_path / "x.pth")]) == 1
+    assert "convert_hf.py: error:" in capsys.readouterr().err
