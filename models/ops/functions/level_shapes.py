@@ -20,11 +20,16 @@ __all__ = ["host_values", "level_tensors"]
 _known: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
+def _version(t: Tensor) -> int | None:
+    """The in-place change counter; None for inference-mode tensors, which keep none."""
+    return None if t.is_inference() else t._version
+
+
 def _remember(t: Tensor, values: list) -> None:
     if torch.compiler.is_compiling():
         # A traced tensor is a placeholder: the compiled code makes a new one on every call.
         return
-    _known[t] = (t._version, values)
+    _known[t] = (_version(t), values)
 
 
 def level_tensors(shapes: Sequence[tuple[int, int]], device: torch.device | str) -> tuple[Tensor, Tensor]:
@@ -50,12 +55,14 @@ def host_values(t: Tensor) -> list:
     """``t.tolist()``, without a device synchronisation for tensors from ``level_tensors``.
 
     CPU tensors are read directly (no synchronisation there). Other device tensors are read once
-    and remembered until an in-place change bumps their version counter.
+    and remembered until an in-place change bumps their version counter; an inference-mode tensor
+    has no counter, so one made elsewhere is read at every call (those from ``level_tensors`` are
+    still answered from memory: nothing modifies them in place).
     """
     known = _known.get(t)
-    if known is not None and known[0] == t._version:
+    if known is not None and known[0] == _version(t):
         return known[1]
     values = t.tolist()
-    if t.device.type != "cpu":
+    if t.device.type != "cpu" and not t.is_inference():
         _remember(t, values)
     return values

@@ -70,3 +70,16 @@ def test_level_tensors_trace_under_torch_compile():
 
     compiled = torch.compile(offsets, fullgraph=True, backend="eager")
     assert compiled(torch.zeros(3)).tolist() == [30, 39, 41]
+
+
+def test_level_tensors_work_under_inference_mode():
+    # benchmark.py and users' inference scripts run the model under torch.inference_mode, whose
+    # tensors carry no version counter.
+    with torch.inference_mode():
+        shapes, start = level_tensors(SHAPES, "cpu")
+        assert host_values(shapes) == [list(s) for s in SHAPES]
+        assert host_values(start) == start.tolist()
+        made_elsewhere = torch.tensor([[3, 4]])
+        assert host_values(made_elsewhere) == [[3, 4]]
+        made_elsewhere[0, 0] = 5
+        assert host_values(made_elsewhere) == [[5, 4]]
