@@ -1,4 +1,9 @@
-"""State dicts of the eight published flag sets: keys, order, shapes and shared tensors (SPEC section 8)."""
+"""State dicts of the eight published flag sets: keys, order, shapes and shared tensors.
+
+The reference layouts in tests/data/state_dict are those of the public checkpoints (see
+docs/checkpoints.md): `<config>.json` lists `[name, shape]` in state-dict order, `aliases.json` the
+key groups that are one tensor.
+"""
 
 import json
 import os
@@ -11,7 +16,7 @@ from util.args import get_args_parser
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-REF_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "reference", "state_dict")
+REF_DIR = os.path.join(os.path.dirname(__file__), "..", "data", "state_dict")
 CONFIGS = {
     "base": [],
     "single_scale": ["--num_feature_levels", "1"],
@@ -22,11 +27,6 @@ CONFIGS = {
     "bf_noshare_multi": ["--bf", "1", "--insert_idx", "0", "--share_bf", "0", "--insert_idx", "2"],
     "bf_two_stage": ["--with_box_refine", "--two_stage", "--bf", "1", "--insert_idx", "0", "--share_bf", "0"],
 }
-
-pytestmark = pytest.mark.skipif(
-    not os.path.isdir(REF_DIR), reason=f"reference state dicts not found at {os.path.normpath(REF_DIR)}"
-)
-
 
 @pytest.fixture(scope="module")
 def aliases():
