@@ -362,3 +362,63 @@ def reduce_dict(input_dict: dict, average: bool = True) -> dict:
         if average:
             values /= world_size
         return dict(zip(names, values))
+
+
+class _AllGatherRows(torch.autograd.Function):
+    """Concatenate every rank's rows (rank order); backward sums all ranks' gradients, then slices.
+
+    Rank k's loss depends on the rows of rank r through the gathered tensor, so the gradient of the
+    job's total loss with respect to rank r's rows is the sum over k of rank k's gradient of its
+    gathered tensor at r's slice. Keeping only the local gradient (``grads[rank]``) drops every
+    other rank's contribution.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, group) -> torch.Tensor:
+        device = collective_device(tensor.device, group)
+        moved = tensor.detach().to(device).contiguous()
+        counts = torch.zeros(dist.get_world_size(group), dtype=torch.int64, device=device)
+        counts[dist.get_rank(group)] = moved.shape[0]
+        dist.all_reduce(counts, group=group)
+        counts_list = [int(c) for c in counts.tolist()]
+        longest = max(counts_list)
+        # all_gather needs equal shapes: pad every rank's rows to the longest.
+        padded = moved.new_zeros((longest, *moved.shape[1:]))
+        padded[: moved.shape[0]] = moved
+        received = [torch.empty_like(padded) for _ in counts_list]
+        dist.all_gather(received, padded, group=group)
+        ctx.group, ctx.counts, ctx.source = group, counts_list, tensor.device
+        return torch.cat([r[:n] for r, n in zip(received, counts_list)]).to(tensor.device)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        counts, group = ctx.counts, ctx.group
+        device = collective_device(grad.device, group)
+        longest = max(counts)
+        padded = grad.new_zeros((len(counts), longest, *grad.shape[1:]), device=device)
+        for k, rows in enumerate(grad.to(device).split(counts)):
+            padded[k, : counts[k]] = rows
+        dist.all_reduce(padded, group=group)  # sum over ranks
+        rank = dist.get_rank(group)
+        return padded[rank, : counts[rank]].to(ctx.source), None
+
+
+def all_gather_rows(tensor: torch.Tensor, group=None) -> torch.Tensor:
+    """(n_r, ...) on each rank r -> (sum_r n_r, ...): every rank's rows in rank order, differentiable.
+
+    The row counts may differ between ranks; the other dimensions, dtype and device type must not.
+    In backward each rank receives the sum of every rank's gradient at its own rows (one all-reduce of
+    the whole gathered gradient). Without a process group, or with one process, returns ``tensor``.
+    """
+    if not _active(group):
+        return tensor
+    return _AllGatherRows.apply(tensor, group)
+
+
+def max_over_ranks(values: tuple[int, ...], group=None) -> tuple[int, ...]:
+    """Element-wise maximum of a tuple of integers (an image size) over every rank."""
+    if not _active(group):
+        return tuple(values)
+    t = torch.tensor(list(values), dtype=torch.int64, device=collective_device(None, group))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return tuple(int(v) for v in t.tolist())
