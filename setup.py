@@ -1,28 +1,40 @@
-"""Installs the project's packages (models, datasets, util) and the compiled op.
+"""`pip install --no-build-isolation .` installs the compiled op ``MultiScaleDeformableAttention`` only.
 
-`pip install --no-build-isolation .` (or `-e .`); the op is configured by models/ops/build_config.py,
-the same settings `sh models/ops/make.sh` uses (CUDA kernels whenever nvcc is found).
+The training code (``models``, ``datasets``, ``util``, ``main.py``, ``tools/``) is not installed: it
+runs from the repository root, as every command of the README does. Installing it as top-level
+packages would shadow others (``datasets`` is Hugging Face's), and the op is the one part other
+projects need outside this checkout. This is the same distribution ``sh models/ops/make.sh`` installs
+(same name, so either replaces the other); see docs/design/install.md.
 """
 
+import importlib.util
 import os
-import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(ROOT, "models", "ops"))
-import build_config  # noqa: E402  (models/ops/build_config.py, loaded before anything is installed)
+
+
+def _load_build_config():
+    # Loaded by path: importing it as models.ops.build_config would import the training package.
+    path = os.path.join(ROOT, "models", "ops", "build_config.py")
+    spec = importlib.util.spec_from_file_location("msda_build_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 os.chdir(ROOT)
 # The extension first: it sets CUDA_HOME before torch.utils.cpp_extension is imported.
-op = build_config.extension(ROOT, os.path.join(ROOT, "build"))
+op = _load_build_config().extension(ROOT, os.path.join(ROOT, "build"))
 from torch.utils.cpp_extension import BuildExtension  # noqa: E402
 
 setup(
-    name="deformable_detr_batchformer",
-    version="0.1.0",
-    description="Deformable DETR with BatchFormerV2",
-    packages=find_packages(include=["models", "models.*", "datasets", "datasets.*", "util", "util.*"]),
+    name="MultiScaleDeformableAttention",
+    version="1.0",
+    description="Multi-scale deformable attention kernels (CPU and CUDA) for Deformable DETR",
+    license="Apache-2.0",
+    packages=[],
     python_requires=">=3.10",
     ext_modules=[op],
     cmdclass={"build_ext": BuildExtension},

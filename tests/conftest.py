@@ -1,12 +1,5 @@
-"""Test set-up shared by every test file: the repository root on sys.path, a small CPU budget."""
-import os
-import sys
-
+"""Fixtures shared by every test file. pyproject.toml puts the repository root on sys.path."""
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 
 @pytest.fixture(autouse=True)

@@ -6,13 +6,11 @@ here). See build_config.py for the flags, the CUDA architectures and TORCH_CUDA_
 """
 
 import os
-import sys
 
+import build_config  # a sibling file: Python puts this script's directory on sys.path
 from setuptools import setup
 
 OPS_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, OPS_DIR)
-import build_config  # noqa: E402  (a sibling file, not an installed package)
 
 os.chdir(OPS_DIR)
 # The extension first: it sets CUDA_HOME before torch.utils.cpp_extension is imported.
