@@ -309,7 +309,11 @@ def _creatable_dir_problem(path: str | None) -> str | None:
 def _check_paths(args: argparse.Namespace) -> str | None:
     resume = getattr(args, "resume", "")
     if resume and not _is_url(resume) and not os.path.isfile(resume):
-        return f"--resume {resume}: no such file (a checkpoint path, or an http(s) URL)"
+        from util.hf_checkpoint import is_hf_folder
+
+        if not is_hf_folder(resume):
+            return (f"--resume {resume}: no such file (a checkpoint path, a Hugging Face model folder "
+                    "with config.json, or an http(s) URL)")
     for name in ("frozen_weights", "backbone_weights"):
         path = getattr(args, name, None)
         if path and not (name == "frozen_weights" and _is_url(path)) and not os.path.isfile(path):

@@ -262,3 +262,37 @@ def test_tool_both_directions(tmp_path, capsys):
     assert os.path.isfile(tmp_path / "back" / "config.json")
     assert convert_hf.main(["to-ours", str(tmp_path / "nowhere"), str(tmp_path / "x.pth")]) == 1
     assert "convert_hf.py: error:" in capsys.readouterr().err
+
+
+def _tiny_coco(root):
+    """Two small images in COCO's layout, one box each (their category ids within COCO's 91); long and
+    thin, so that the evaluation's resize (shorter side 800, longer at most 1333) keeps them small."""
+    from PIL import Image
+
+    images, annotations = [], []
+    for i, (w, h) in enumerate([(200, 40), (40, 200)], start=1):
+        (root / "val2017").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (w, h), (30 * i, 90, 160)).save(root / "val2017" / f"{i:012d}.jpg")
+        images.append({"id": i, "file_name": f"{i:012d}.jpg", "width": w, "height": h})
+        annotations.append({"id": i, "image_id": i, "category_id": 1, "bbox": [4, 4, 20, 20], "area": 400,
+                            "iscrowd": 0})
+    (root / "annotations").mkdir()
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(
+        {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]}))
+    return root
+
+
+def test_test_py_evaluates_a_hugging_face_folder(tmp_path, capsys):
+    """``test.py --resume FOLDER`` builds the folder's architecture and scores as the converted file does."""
+    from tests.test_test_py import script
+
+    hf = _hf_model("single_scale")
+    hf.save_pretrained(tmp_path / "hf")
+    assert convert_hf.main(["to-ours", str(tmp_path / "hf"), str(tmp_path / "ours.pth")]) == 0
+    run = ["--coco_path", str(_tiny_coco(tmp_path / "coco")), "--device", "cpu", "--num_workers", "0",
+           "--batch_size", "1", "--max_eval_iters", "1"]
+    script.cli(["--resume", str(tmp_path / "hf"), *run, "--output_dir", str(tmp_path / "from_folder")])
+    assert "--hidden_dim 64" in capsys.readouterr().out
+    script.cli(["--resume", str(tmp_path / "ours.pth"), *run, "--output_dir", str(tmp_path / "from_file")])
+    by_folder = json.loads((tmp_path / "from_folder" / "results_bbox.json").read_text())
+    assert by_folder and by_folder == json.loads((tmp_path / "from_file" / "results_bbox.json").read_text())
