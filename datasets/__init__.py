@@ -1,9 +1,23 @@
-"""Data sets: ``build_dataset(image_set, args)`` picks one from ``args.dataset_file``."""
+"""Data sets: ``build_dataset(image_set, args)`` picks one from ``args.dataset_file``, and
+``dataset_metadata(args)`` says what the model needs to know about it (``util.metadata``).
+
+Adding a data set: a module with ``build(image_set, args)`` and one entry in ``_DATASETS`` below.
+"""
 from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch.utils.data import Dataset, Subset
 
-DATASET_FILES = ("coco", "coco_panoptic", "toy", "toy_panoptic")
+from util.metadata import DatasetMetadata
+
+# The public code's classifier width for data sets other than COCO.
+_OTHER_NUM_CLASSES = 20
 
 
 class DatasetError(Exception):
@@ -44,17 +58,51 @@ def get_coco_api_from_dataset(dataset: Dataset):
     return dataset.coco
 
 
-def build_dataset(image_set: str, args) -> Dataset:
+def _coco_panoptic_metadata(args: argparse.Namespace) -> DatasetMetadata:
+    # Category ids reach 200 (things 1..90, stuff 92..200); 250 is the public code's width.
+    ann_file = os.path.join(args.coco_panoptic_path or "", "annotations", "panoptic_val2017.json")
+    if os.path.isfile(ann_file):
+        with open(ann_file, encoding="utf-8") as f:
+            is_thing = {c["id"]: bool(c["isthing"]) for c in json.load(f)["categories"]}
+    else:  # the published category list, for a model built without the data at hand
+        is_thing = {i: i <= 90 for i in range(1, 201)}
+    return DatasetMetadata(250, is_thing)
+
+
+def _toy_panoptic_metadata(args: argparse.Namespace) -> DatasetMetadata:
+    from datasets.toy_panoptic import categories
+
+    return DatasetMetadata(_OTHER_NUM_CLASSES, {c["id"]: bool(c["isthing"]) for c in categories()})
+
+
+@dataclass(frozen=True)
+class _DatasetEntry:
+    module: str  # holds build(image_set, args)
+    metadata: Callable[[argparse.Namespace], DatasetMetadata]
+
+
+_DATASETS = {
+    "coco": _DatasetEntry("datasets.coco", lambda args: DatasetMetadata(91)),  # max COCO category id + 1
+    "coco_panoptic": _DatasetEntry("datasets.coco_panoptic", _coco_panoptic_metadata),
+    "toy": _DatasetEntry("datasets.toy", lambda args: DatasetMetadata(_OTHER_NUM_CLASSES)),
+    "toy_panoptic": _DatasetEntry("datasets.toy_panoptic", _toy_panoptic_metadata),
+}
+DATASET_FILES = tuple(_DATASETS)
+
+
+def _entry(args: argparse.Namespace) -> _DatasetEntry:
+    if args.dataset_file not in _DATASETS:
+        choices = ", ".join(DATASET_FILES)
+        raise ValueError(f"--dataset_file must be one of {choices}, got {args.dataset_file!r}")
+    return _DATASETS[args.dataset_file]
+
+
+def dataset_metadata(args: argparse.Namespace) -> DatasetMetadata:
+    """What the model builder needs to know about ``args.dataset_file``: its classes (and, for panoptic
+    data, which are things). May read the data set's annotation file."""
+    return _entry(args).metadata(args)
+
+
+def build_dataset(image_set: str, args: argparse.Namespace) -> Dataset:
     """The ``image_set`` ('train' or 'val') split of ``args.dataset_file``."""
-    if args.dataset_file == "coco":
-        from datasets.coco import build
-    elif args.dataset_file == "toy":
-        from datasets.toy import build
-    elif args.dataset_file == "coco_panoptic":
-        from datasets.coco_panoptic import build
-    elif args.dataset_file == "toy_panoptic":
-        from datasets.toy_panoptic import build
-    else:
-        raise ValueError(f"--dataset_file {args.dataset_file!r} is not supported; "
-                         f"choose one of {DATASET_FILES}")
-    return build(image_set, args)
+    return importlib.import_module(_entry(args).module).build(image_set, args)

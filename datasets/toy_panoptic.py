@@ -28,9 +28,9 @@ from pycocotools import mask as coco_mask
 
 from datasets import transforms as T
 from datasets.coco_panoptic import SPLITS, CocoPanoptic, build_from_folders
-from datasets.panoptic_eval import id2rgb
 from datasets.toy import CLASSES as THING_CLASSES
 from datasets.toy import TOY_TRANSFORMS, _overlap, _shape_polygon, publish_folder
+from util.panoptic import id2rgb
 
 # (category id, name, base RGB colour); ids follow the thing classes 1..5.
 STUFF_CLASSES = (

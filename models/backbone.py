@@ -1,13 +1,18 @@
-"""The ResNet backbone and its position encoding (SPEC section 4).
+"""The ResNet backbone and its position encoding.
 
 ``build_backbone(args)`` returns a ``Joiner``: ``joiner[0]`` is the ResNet (state-dict prefix
 ``backbone.0.body.*``), ``joiner[1]`` the position encoding. It maps a padded batch to a list of
 feature maps (strides 8/16/32, or 32 only when single-scale) with their masks and encodings.
+``Backbone.output_shape()`` states the stride and channels of every map it returns, including the
+stride-4 map that the mask head asks for (``STRIDE4``), which the detector itself does not project.
+
+Building loads no weights: ``load_pretrained_backbone(model, args)`` loads the ImageNet ones afterwards.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,15 +22,25 @@ from torch import Tensor, nn
 from models.position_encoding import build_position_encoding
 from util.misc import NestedTensor
 
-# Output channels of layer2, layer3, layer4.
+# Output channels of layer1, layer2, layer3, layer4.
 _RESNET_CHANNELS = {
-    "resnet18": (128, 256, 512),
-    "resnet34": (128, 256, 512),
-    "resnet50": (512, 1024, 2048),
-    "resnet101": (512, 1024, 2048),
-    "resnet152": (512, 1024, 2048),
+    "resnet18": (64, 128, 256, 512),
+    "resnet34": (64, 128, 256, 512),
+    "resnet50": (256, 512, 1024, 2048),
+    "resnet101": (256, 512, 1024, 2048),
+    "resnet152": (256, 512, 1024, 2048),
 }
 _STEM = ("conv1", "bn1", "relu", "maxpool")
+# Name of the extra stride-4 map in the backbone's outputs (the mask head's finest input).
+STRIDE4 = "stride4"
+
+
+@dataclass(frozen=True)
+class LevelShape:
+    """One returned feature map: its stride (input pixels per feature pixel) and its channels."""
+
+    stride: int
+    channels: int
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -79,7 +94,12 @@ class ResNetBody(nn.ModuleDict):
 
 
 class Backbone(nn.Module):
-    """A torchvision ResNet with frozen batch norm; the stem and layer1 never train."""
+    """A torchvision ResNet with frozen batch norm; the stem and layer1 never train.
+
+    Returns layer2-4 (named "0", "1", "2") when ``return_interm_layers``, else layer4 ("0"), and
+    layer1 as ``STRIDE4`` when ``return_stride4``. Weights are random (torchvision's initialisation)
+    until ``load_imagenet_weights``.
+    """
 
     def __init__(
         self,
@@ -87,7 +107,7 @@ class Backbone(nn.Module):
         train_backbone: bool,
         return_interm_layers: bool,
         dilation: bool,
-        state_dict: dict[str, Tensor] | None = None,
+        return_stride4: bool = False,
     ) -> None:
         super().__init__()
         if name not in _RESNET_CHANNELS:
@@ -99,8 +119,8 @@ class Backbone(nn.Module):
         resnet = getattr(torchvision.models, name)(
             weights=None, replace_stride_with_dilation=[False, False, dilation], norm_layer=FrozenBatchNorm2d
         )
-        if state_dict is not None:
-            _load_resnet_weights(resnet, state_dict, name)
+        del resnet.fc  # the classifier is not part of the detector
+        self.name = name
         for pname, p in resnet.named_parameters():
             if not train_backbone or not pname.startswith(("layer2", "layer3", "layer4")):
                 p.requires_grad_(False)
@@ -108,14 +128,24 @@ class Backbone(nn.Module):
         if return_interm_layers:
             return_layers = {"layer2": "0", "layer3": "1", "layer4": "2"}
             self.strides = [8, 16, 32]
-            self.num_channels = list(channels)
+            self.num_channels = list(channels[1:])
         else:
             return_layers = {"layer4": "0"}
             self.strides = [32]
             self.num_channels = [channels[-1]]
         if dilation:
             self.strides[-1] //= 2
+        shapes = {str(i): LevelShape(s, c) for i, (s, c) in enumerate(zip(self.strides, self.num_channels))}
+        if return_stride4:
+            return_layers = {"layer1": STRIDE4, **return_layers}
+            shapes = {STRIDE4: LevelShape(4, channels[0]), **shapes}
+        self._output_shape = shapes
         self.body = ResNetBody(resnet, return_layers)
+
+    def output_shape(self) -> dict[str, LevelShape]:
+        """Every map ``forward`` returns, by name, finest first. ``strides`` / ``num_channels`` list the
+        levels the detector projects ("0", "1", ...); ``STRIDE4`` is there only when asked for."""
+        return dict(self._output_shape)
 
     def forward(self, tensor_list: NestedTensor) -> dict[str, NestedTensor]:
         if tensor_list.mask is None:
@@ -129,47 +159,59 @@ class Backbone(nn.Module):
 
 
 class Joiner(nn.Sequential):
-    """(backbone, position encoding): features, masks and encodings of every returned level."""
+    """(backbone, position encoding): features, masks and encodings of the levels the detector projects."""
 
     def __init__(self, backbone: Backbone, position_embedding: nn.Module) -> None:
         super().__init__(backbone, position_embedding)
         self.strides = backbone.strides
         self.num_channels = backbone.num_channels
 
+    def output_shape(self) -> dict[str, LevelShape]:
+        return self[0].output_shape()
+
     def forward(self, tensor_list: NestedTensor) -> tuple[list[NestedTensor], list[Tensor]]:
-        xs = self[0](tensor_list)
-        out = [xs[name] for name in sorted(xs, key=int)]
-        pos = [self[1](x).to(x.tensors.dtype) for x in out]
+        out, pos, _ = self.forward_levels(tensor_list)
         return out, pos
 
+    def forward_levels(
+        self, tensor_list: NestedTensor
+    ) -> tuple[list[NestedTensor], list[Tensor], dict[str, NestedTensor]]:
+        """(levels "0", "1", ... finest first, their position encodings, the other returned maps by name
+        such as ``STRIDE4``, which get no encoding)."""
+        xs = self[0](tensor_list)
+        levels = [str(i) for i in range(len(self.strides))]
+        out = [xs[name] for name in levels]
+        pos = [self[1](x).to(x.tensors.dtype) for x in out]
+        extra = {name: x for name, x in xs.items() if name not in levels}
+        return out, pos, extra
 
-def _load_resnet_weights(resnet: nn.Module, state_dict: dict[str, Tensor], name: str) -> None:
-    """Load an ImageNet checkpoint of torchvision's ``name``; its classifier (fc.*) is not needed."""
+
+def load_imagenet_weights(backbone: Backbone, state_dict: dict[str, Tensor]) -> None:
+    """Load an ImageNet checkpoint of torchvision's ResNet (``backbone.name``) into ``backbone``; its
+    classifier (fc.*) is not needed."""
     if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
         state_dict = state_dict["state_dict"]
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-    del resnet.fc
     try:
-        resnet.load_state_dict(state_dict, strict=True)
+        backbone.body.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"--backbone_weights does not hold a torchvision {name} state dict: {e}") from e
+        raise ValueError(
+            f"--backbone_weights does not hold a torchvision {backbone.name} state dict: {e}"
+        ) from e
 
 
-def backbone_state_dict(args) -> dict[str, Tensor] | None:
+def imagenet_state_dict(args) -> dict[str, Tensor] | None:
     """The ImageNet weights the backbone starts from, or None for random weights.
 
     Nothing is loaded when the detector's weights replace them anyway (``--resume``,
     ``--frozen_weights``) or with ``--no_pretrained_backbone``.
     """
-    if getattr(args, "no_pretrained_backbone", False):
+    if args.no_pretrained_backbone or args.resume or args.frozen_weights:
         return None
-    if getattr(args, "resume", "") or getattr(args, "frozen_weights", None):
-        return None
-    path = getattr(args, "backbone_weights", None)
-    if path:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"--backbone_weights: no such file {path!r}")
-        return torch.load(path, map_location="cpu", weights_only=True)
+    if args.backbone_weights:
+        if not os.path.isfile(args.backbone_weights):
+            raise FileNotFoundError(f"--backbone_weights: no such file {args.backbone_weights!r}")
+        return torch.load(args.backbone_weights, map_location="cpu", weights_only=True)
     try:
         weights = torchvision.models.get_model_weights(args.backbone).IMAGENET1K_V1
         return weights.get_state_dict(progress=False)
@@ -181,9 +223,21 @@ def backbone_state_dict(args) -> dict[str, Tensor] | None:
         ) from e
 
 
+def load_pretrained_backbone(model: nn.Module, args) -> bool:
+    """Load the ImageNet weights that ``args`` asks for into every ``Backbone`` of ``model`` (built by
+    ``models.build_model``, which loads none); whether anything was loaded. Reads a file or downloads."""
+    backbones = [m for m in model.modules() if isinstance(m, Backbone)]
+    state_dict = imagenet_state_dict(args) if backbones else None
+    if state_dict is None:
+        return False
+    for backbone in backbones:
+        load_imagenet_weights(backbone, state_dict)
+    return True
+
+
 def build_backbone(args) -> Joiner:
-    """The backbone of ``args``: trainable layer2-4 when ``--lr_backbone`` > 0; intermediate
-    levels when multi-scale or with ``--masks``."""
+    """The backbone of ``args`` with random weights: trainable layer2-4 when ``--lr_backbone`` > 0;
+    intermediate levels when multi-scale or with ``--masks``, and the stride-4 map with ``--masks``."""
     if args.backbone not in _RESNET_CHANNELS:
         raise ValueError(f"--backbone must be one of {sorted(_RESNET_CHANNELS)}, got {args.backbone!r}")
     position_embedding = build_position_encoding(args)
@@ -194,6 +248,6 @@ def build_backbone(args) -> Joiner:
         train_backbone,
         return_interm_layers,
         args.dilation,
-        state_dict=backbone_state_dict(args),
+        return_stride4=args.masks,
     )
     return Joiner(backbone, position_embedding)

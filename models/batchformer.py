@@ -7,7 +7,14 @@ It runs inside the deformable encoder after the layers listed by ``--insert_idx`
 Two-stream training: at the first insert index the batch x (B, L, C) becomes [x ; bf(x)] (2B, L, C);
 at later indices only the second stream goes through the layer. Both streams share every other
 weight, so the layer works as a training-time regulariser: at inference it is skipped (stream 0 is
-plain Deformable DETR) unless ``--eval_bf`` applies it to the single stream.
+plain Deformable DETR) unless ``--eval_bf`` applies it to the single stream. ``--bf 7`` is the public
+single-stream mode: in training bf(x) replaces x (no second stream); at test the layer is skipped.
+
+Scope (``--bf_scope``): ``device`` (published) attends across the images of this process's batch;
+``global`` lets each rank's images (the queries) attend over the keys and values of every image on
+every rank (``AcrossRanks``), each rank's batch padded to the largest image size of the job
+(``pad_to_common_size``) so that token l is the same place in every image: N processes then compute
+what one process computes over the concatenated batch.
 
 The same layer, doubling and parameter split serve the plug-in beyond detection
 (``models/batchformer_plugin.py`` on feature vectors (N, C), ``models/batchformer_vit.py`` in a
@@ -19,10 +26,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from util.dist import all_gather_rows, get_world_size, max_over_ranks
+from util.misc import NestedTensor
 
 BF_HEADS = 4
 BF_DROPOUT = 0.5
+BF_MODES = (0, 1, 7)  # off, two-stream (published), single-stream (public --bf 7)
+BF_SCOPES = ("device", "global")
 
 
 def build_batchformer(
@@ -56,29 +69,94 @@ def attend_across_batch(bf: nn.Module, x: Tensor) -> Tensor:
     return bf(x)
 
 
-def batchformer_step(bf: nn.Module, x: Tensor, num_images: int, two_stream: bool) -> Tensor:
+def batchformer_step(
+    bf: nn.Module, x: Tensor, num_images: int, two_stream: bool, num_streams: int | None = None
+) -> Tensor:
     """Apply one insert index to x, (B, L, C) or (B, C); (2B, ...) once two-streamed.
 
-    Single stream: bf(x). Two streams: [x ; bf(x)] at the first index (x has ``num_images`` rows),
-    then [x0 ; bf(x1)] (the second stream only) at later ones.
+    Single stream: bf(x). Two streams: [x ; bf(x)] at the first index (x holds ``num_streams`` = 1
+    stream of ``num_images`` rows), then [x0 ; bf(x1)] (the second stream only) at later ones
+    (``num_streams`` = 2). Callers that track the streams pass ``num_streams``; without it x must
+    hold one or two whole streams, and the row count tells which.
     """
     if not two_stream:
         return attend_across_batch(bf, x)
-    if x.shape[0] == num_images:
+    if num_streams is None:
+        if x.shape[0] not in (num_images, 2 * num_images):
+            raise ValueError(f"batchformer_step: {x.shape[0]} rows are neither 1 nor 2 streams of "
+                             f"{num_images} images")
+        num_streams = x.shape[0] // num_images
+    if num_streams == 1:
         return torch.cat([x, attend_across_batch(bf, x)], dim=0)
     return torch.cat([x[:num_images], attend_across_batch(bf, x[num_images:])], dim=0)
+
+
+class AcrossRanks:
+    """A BatchFormer whose queries are this rank's images and whose keys and values are every rank's.
+
+    Called like the module it wraps, on sequence-first (B_r, L, C): position l of each of the B_r local
+    images attends to position l of all sum_r B_r images of the job, gathered (differentiably) before
+    each layer. Attention is per query and the rest of the layer per token, so every rank's rows equal
+    the rows the plain module gives for the concatenated batch. With one process it is the module.
+    """
+
+    def __init__(self, bf: nn.Module) -> None:
+        self.bf = bf
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if get_world_size() == 1:
+            return self.bf(x)
+        encoder = self.bf if isinstance(self.bf, nn.TransformerEncoder) else None
+        for layer in encoder.layers if encoder is not None else [self.bf]:
+            x = _layer_over_every_rank(layer, x)
+        if encoder is not None and encoder.norm is not None:
+            x = encoder.norm(x)
+        return x
+
+
+def _layer_over_every_rank(layer: nn.TransformerEncoderLayer, x: Tensor) -> Tensor:
+    """``layer`` (post-norm, as ``build_batchformer`` makes it) on local queries x (B_r, L, C) with the
+    gathered (sum_r B_r, L, C) as keys and values. The raw input is gathered, not the projected keys
+    and values: C numbers per token instead of 2C."""
+    if layer.norm_first:
+        raise ValueError("AcrossRanks: only post-norm BatchFormer layers (norm_first=False) are supported")
+    every = all_gather_rows(x)
+    attended = layer.self_attn(x, every, every, need_weights=False)[0]
+    x = layer.norm1(x + layer.dropout1(attended))
+    return layer.norm2(x + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(x))))))
+
+
+def pad_to_common_size(samples: NestedTensor) -> NestedTensor:
+    """Pad a batch (B, 3, H, W) and its mask (B, H, W) bottom/right to the largest H and W of every rank.
+
+    With ``--bf_scope global`` the BatchFormer pairs token l of images from different ranks: the
+    flattened feature maps must have the same shape and token l the same place everywhere. The padding
+    is what one process gives the concatenated batch, so the per-image results (the input projections'
+    GroupNorm, for one, sees the padding) match it too. One small all-reduce; a no-op with one process.
+    """
+    h, w = samples.tensors.shape[-2:]
+    height, width = max_over_ranks((h, w))
+    if (height, width) == (h, w):
+        return samples
+    pad = (0, width - w, 0, height - h)
+    mask = samples.mask
+    if mask is None:
+        mask = torch.zeros((samples.tensors.shape[0], h, w), dtype=torch.bool, device=samples.tensors.device)
+    return NestedTensor(F.pad(samples.tensors, pad), F.pad(mask, pad, value=True))
 
 
 class BatchFormerPlan:
     """Which BatchFormer runs after which encoder layer in one forward pass (no parameters).
 
-    ``layers`` maps an encoder layer index to its BatchFormer module; ``two_stream`` selects the
-    training mode.
+    ``layers`` maps an encoder layer index to its BatchFormer (a module, or ``AcrossRanks`` of one);
+    ``two_stream`` selects the training mode; ``across_ranks`` says whether the layers attend across
+    every rank's images (the batch must then be padded with ``pad_to_common_size``).
     """
 
-    def __init__(self, layers: Mapping[int, nn.Module], two_stream: bool) -> None:
-        self.layers = dict(layers)
+    def __init__(self, layers: Mapping[int, nn.Module], two_stream: bool, across_ranks: bool = False) -> None:
+        self.layers = {i: AcrossRanks(m) if across_ranks else m for i, m in layers.items()}
         self.two_stream = two_stream
+        self.across_ranks = across_ranks
 
 
 def resolve_insert_indices(
@@ -86,11 +164,11 @@ def resolve_insert_indices(
 ) -> list[int]:
     """Validate the BatchFormerV2 flags; return the sorted, de-duplicated insert indices.
 
-    ``--bf 1`` without ``--insert_idx`` inserts after encoder layer 0 (the published setting),
+    ``--bf 1`` (or 7) without ``--insert_idx`` inserts after encoder layer 0 (the published setting),
     with a notice; with ``--bf 0`` the result is [].
     """
-    if bf not in (0, 1):
-        raise ValueError(f"--bf must be 0 (off) or 1 (two-stream BatchFormerV2), got {bf}")
+    if bf not in BF_MODES:
+        raise ValueError(f"--bf must be 0 (off), 1 (two-stream BatchFormerV2) or 7 (single stream), got {bf}")
     if share_bf not in (0, 1):
         raise ValueError(f"--share_bf must be 0 or 1, got {share_bf}")
     if bt_num_layers < 1:
@@ -98,7 +176,8 @@ def resolve_insert_indices(
     if bf == 0:
         return []
     if not insert_idx:
-        print("BatchFormerV2: --bf 1 without --insert_idx; inserting after encoder layer 0 (--insert_idx 0)")
+        print(f"BatchFormerV2: --bf {bf} without --insert_idx; inserting after encoder layer 0 "
+              "(--insert_idx 0)")
         return [0]
     bad = [i for i in insert_idx if not 0 <= i < enc_layers]
     if bad:

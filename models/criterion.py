@@ -54,9 +54,9 @@ def _pad_masks(masks: list[Tensor]) -> Tensor:
 class SetCriterion(nn.Module):
     """Hungarian-match predictions to targets, then compute the requested losses on the pairs.
 
-    Every loss is computed in float32, also when the model ran under autocast. Outputs with 2B
-    predictions for B targets (two-stream BatchFormerV2 training) are scored against the targets
-    repeated twice, [t ; t], so the loss normaliser num_boxes doubles too.
+    Every loss is computed in float32, also when the model ran under autocast. Outputs of
+    ``num_streams`` = 2 (two-stream BatchFormerV2 training: 2B predictions for B targets) are scored
+    against the targets repeated twice, [t ; t], so the loss normaliser num_boxes doubles too.
     """
 
     def __init__(self, num_classes: int, matcher: nn.Module, weight_dict: dict[str, float], losses: list[str],
@@ -172,15 +172,16 @@ class SetCriterion(nn.Module):
         return loss_map[loss](outputs, targets, indices, num_boxes, **kwargs)
 
     def _align_targets(self, outputs: dict, targets: list[dict]) -> list[dict]:
-        """The targets of each prediction: the B targets, or [t ; t] for 2B two-stream predictions."""
+        """The targets of each prediction: the B targets once per stream (``outputs['num_streams']``,
+        1 when absent)."""
         n_pred = outputs["pred_logits"].shape[0]
-        targets = list(targets)
-        if n_pred == 2 * len(targets) and len(targets) > 0:
-            return targets + targets
+        num_streams = outputs.get("num_streams", 1)
+        targets = list(targets) * num_streams
         if n_pred != len(targets):
+            given = len(targets) // num_streams
             raise ValueError(
-                f"SetCriterion: outputs carry {n_pred} images of predictions but {len(targets)} target dicts "
-                "were given (expected the same number, or half of it for two-stream BatchFormerV2 outputs)"
+                f"SetCriterion: outputs carry {n_pred} images of predictions but {given} target dicts were "
+                f"given (expected {n_pred // num_streams}: outputs['num_streams'] is {num_streams})"
             )
         return targets
 
@@ -191,7 +192,8 @@ class SetCriterion(nn.Module):
         return torch.clamp(num_boxes / get_world_size(), min=1).item()
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
-        """outputs: the model's dict (pred_logits, pred_boxes, aux_outputs, enc_outputs, pred_masks);
+        """outputs: the model's dict (pred_logits, pred_boxes, aux_outputs, enc_outputs, pred_masks,
+        num_streams);
         targets: one dict per image (labels, boxes, and masks for the 'masks' loss).
 
         Returns unweighted losses; suffix `_i` for decoder layer i's auxiliary outputs, `_enc`

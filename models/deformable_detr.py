@@ -1,12 +1,13 @@
 """Deformable DETR: backbone, input projections, deformable transformer and prediction heads.
 
-``build(args)`` returns (model, criterion, postprocessors) as the public module does.
+``models.build.build(args, metadata)`` assembles it with its criterion and post-processors.
 
 For a mask head: ``DeformableDETR.forward_with_state(samples)`` returns the output dict and a
 ``DetectorState`` holding the backbone features (list of B-image NestedTensors, strides 8/16/32),
-the projected per-level sources and masks, and the ``TransformerOutput`` (encoder memory (B', S, C),
-spatial shapes, level start index, padding mask (B', S), valid ratios, decoder states hs
-(D, B', Q, C)). B' = 2B in two-stream BatchFormerV2 training: stream 1 is images 0..B-1 again.
+the backbone's other maps by name (the stride-4 one with --masks), the projected per-level sources
+and masks, and the ``TransformerOutput`` (encoder memory (B', S, C), spatial shapes, level start
+index, padding mask (B', S), valid ratios, decoder states hs (D, B', Q, C), num_streams).
+B' = num_streams * B: 2 in two-stream BatchFormerV2 training, where stream 1 is images 0..B-1 again.
 """
 
 from __future__ import annotations
@@ -19,11 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.backbone import build_backbone
-from models.batchformer import resolve_insert_indices
 from models.criterion import SetCriterion
-from models.deformable_transformer import TransformerOutput, build_deformable_transformer
-from models.matcher import build_matcher
+from models.deformable_transformer import TransformerOutput
 from models.postprocess import PostProcess
 from util.misc import NestedTensor, inverse_sigmoid, nested_tensor_from_tensor_list
 
@@ -33,7 +31,6 @@ __all__ = [
     "MLP",
     "PostProcess",
     "SetCriterion",
-    "build",
     "num_classes_for",
 ]
 
@@ -43,6 +40,7 @@ class DetectorState:
     """Intermediate results of one forward pass, for heads built on top of the detector."""
 
     features: list[NestedTensor]  # backbone outputs, B images each
+    extra_features: dict[str, NestedTensor]  # the backbone's other maps by name (models.backbone.STRIDE4)
     srcs: list[Tensor]  # projected levels (B, C, H_l, W_l), extra levels included
     masks: list[Tensor]  # (B, H_l, W_l), True on padding
     transformer: TransformerOutput
@@ -154,14 +152,17 @@ class DeformableDETR(nn.Module):
         """samples: a NestedTensor (B, 3, H, W) with its mask, or a list of (3, H, W) images.
 
         Returns ``pred_logits`` (B', Q, num_classes), ``pred_boxes`` (B', Q, 4) normalised cxcywh,
-        ``aux_outputs`` (decoder layers 0..D-2) with aux_loss, ``enc_outputs`` with two-stage.
+        ``aux_outputs`` (decoder layers 0..D-2, same keys) with aux_loss, ``enc_outputs`` with
+        two-stage, and ``num_streams`` (int): B' = num_streams * B. It is 2 in two-stream BatchFormerV2
+        training, where rows B..2B-1 predict images 0..B-1 again through the BatchFormer (the
+        criterion scores them against the same targets), else 1. Read it; never infer it from B'.
         """
         return self.forward_with_state(samples)[0]
 
     def forward_with_state(self, samples: NestedTensor | list[Tensor]) -> tuple[dict, DetectorState]:
         if not isinstance(samples, NestedTensor):
             samples = nested_tensor_from_tensor_list(list(samples))
-        features, pos = self.backbone(samples)
+        features, pos, extra_features = self.backbone.forward_levels(samples)
         pos = list(pos)
         srcs, masks = [], []
         for lvl, feat in enumerate(features):
@@ -179,7 +180,7 @@ class DeformableDETR(nn.Module):
         query_embeds = None if self.two_stage else self.query_embed.weight
         t_out = self.transformer.forward_features(srcs, masks, pos, query_embeds)
         out = self._predict(t_out)
-        return out, DetectorState(features, srcs, masks, t_out)
+        return out, DetectorState(features, extra_features, srcs, masks, t_out)
 
     def _predict(self, t: TransformerOutput) -> dict:
         hs = t.hs  # (D, B', Q, C)
@@ -200,7 +201,7 @@ class DeformableDETR(nn.Module):
                     _apply_reference(deltas[1:], t.inter_references[:-1]),
                 ]
             )
-        out = {"pred_logits": logits[-1], "pred_boxes": coords[-1]}
+        out = {"pred_logits": logits[-1], "pred_boxes": coords[-1], "num_streams": t.num_streams}
         if self.aux_loss:
             out["aux_outputs"] = self._set_aux_loss(logits, coords)
         if self.two_stage:
@@ -224,81 +225,9 @@ def _apply_reference(deltas: Tensor, reference: Tensor) -> Tensor:
     return torch.cat([deltas[..., :2] + reference, deltas[..., 2:]], -1).sigmoid()
 
 
+# Kept for util/hf_checkpoint.py, which imports it: the data set's classifier width.
 def num_classes_for(args) -> int:
-    """Classifier width: labels are raw category ids (max id + 1 for COCO's 91 / panoptic's 250)."""
-    if args.dataset_file == "coco":
-        return 91
-    if args.dataset_file == "coco_panoptic":
-        return 250
-    return 20
+    """``--dataset_file``'s num_classes (``datasets.dataset_metadata``), for callers that hold only flags."""
+    from util.args import dataset_metadata
 
-
-def build(args) -> tuple[nn.Module, nn.Module, dict[str, nn.Module]]:
-    """(model, criterion, postprocessors) for ``args`` (``util.args.get_args_parser``).
-
-    Normalises ``args.insert_idx`` to the sorted BatchFormerV2 indices in use.
-    """
-    bf_indices = resolve_insert_indices(
-        args.bf,
-        args.insert_idx,
-        args.enc_layers,
-        getattr(args, "share_bf", 1),
-        getattr(args, "bt_num_layers", 1),
-    )
-    if bf_indices:
-        args.insert_idx = bf_indices
-    if args.hidden_dim % 32 != 0:
-        raise ValueError(
-            f"--hidden_dim must be a multiple of 32 (the projections use GroupNorm(32)), "
-            f"got {args.hidden_dim}"
-        )
-    if args.frozen_weights is not None and not args.masks:
-        raise ValueError("--frozen_weights trains only the mask head: it needs --masks")
-    num_classes = num_classes_for(args)
-    backbone = build_backbone(args)
-    transformer = build_deformable_transformer(args, bf_indices)
-    model = DeformableDETR(
-        backbone,
-        transformer,
-        num_classes=num_classes,
-        num_queries=args.num_queries,
-        num_feature_levels=args.num_feature_levels,
-        aux_loss=args.aux_loss,
-        with_box_refine=args.with_box_refine,
-        two_stage=args.two_stage,
-    )
-    postprocessors: dict[str, nn.Module] = {"bbox": PostProcess()}
-    if args.masks:
-        model, seg_postprocessors = _build_segmentation(args, model)
-        postprocessors.update(seg_postprocessors)
-
-    weight_dict = {
-        "loss_ce": args.cls_loss_coef,
-        "loss_bbox": args.bbox_loss_coef,
-        "loss_giou": args.giou_loss_coef,
-    }
-    if args.masks:
-        weight_dict["loss_mask"] = args.mask_loss_coef
-        weight_dict["loss_dice"] = args.dice_loss_coef
-    if args.aux_loss:
-        aux_weight_dict = {}
-        for i in range(args.dec_layers - 1):
-            aux_weight_dict.update({f"{k}_{i}": v for k, v in weight_dict.items()})
-        aux_weight_dict.update({f"{k}_enc": v for k, v in weight_dict.items()})
-        weight_dict.update(aux_weight_dict)
-    losses = ["labels", "boxes", "cardinality"] + (["masks"] if args.masks else [])
-    criterion = SetCriterion(
-        num_classes, build_matcher(args), weight_dict, losses, focal_alpha=args.focal_alpha
-    )
-    return model, criterion, postprocessors
-
-
-def _build_segmentation(args, model: DeformableDETR) -> tuple[nn.Module, dict[str, nn.Module]]:
-    """``models.segmentation.build_segmentation(args, model) -> (model with mask head, postprocessors)``."""
-    try:
-        from models.segmentation import build_segmentation
-    except ImportError as e:
-        raise NotImplementedError(
-            f"--masks needs the mask head of models/segmentation.py, which is not available ({e})"
-        ) from e
-    return build_segmentation(args, model)
+    return dataset_metadata(args).num_classes

@@ -1,11 +1,12 @@
-"""The deformable transformer: encoder, decoder, two-stage proposals (SPEC sections 4 and 5).
+"""The deformable transformer: encoder, decoder, two-stage proposals.
 
 Shapes: B images, L feature levels, S = sum of H_l * W_l flattened positions, C = d_model,
 Q queries. ``DeformableTransformer.forward`` returns the public 5-tuple
 (hs, init_reference, inter_references, enc_outputs_class, enc_outputs_coord_unact);
 ``forward_features`` returns a ``TransformerOutput`` that also carries what a mask head needs:
 the encoder memory (B', S, C), spatial shapes (L, 2), level start index (L,), the padding mask
-(B', S) and valid ratios (B', L, 2). B' = 2B in two-stream BatchFormerV2 training, else B.
+(B', S) and valid ratios (B', L, 2), and ``num_streams``: B' = num_streams * B, 2 in two-stream
+BatchFormerV2 training (stream 1 is images 0..B-1 again), else 1.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from models.batchformer import BatchFormerPlan, batchformer_step, build_batchformer
 from models.ops.functions.level_shapes import level_tensors
@@ -27,7 +29,7 @@ from util.misc import inverse_sigmoid
 
 @dataclass
 class TransformerOutput:
-    """Everything one transformer pass produces; B' = 2B in two-stream BatchFormerV2 training."""
+    """Everything one transformer pass produces; B' = num_streams * B."""
 
     hs: Tensor  # (num_dec_layers, B', Q, C) decoder output of every layer
     init_reference: Tensor  # (B', Q, 2) points, or (B', Q, 4) boxes with two-stage
@@ -39,6 +41,7 @@ class TransformerOutput:
     level_start_index: Tensor  # (L,) int64
     mask_flatten: Tensor  # (B', S) True on padding
     valid_ratios: Tensor  # (B', L, 2) as (w, h)
+    num_streams: int = 1  # 2 once two-stream BatchFormerV2 training doubled the batch
 
     def as_tuple(self) -> tuple:
         return (
@@ -65,6 +68,15 @@ def _level_grids(
         sizes.append(size)
         levels.append(torch.full((h * w,), lvl, dtype=torch.long, device=device))
     return torch.cat(centres), torch.cat(sizes), torch.cat(levels)
+
+
+def _maybe_checkpointed(enabled: bool, fn, *inputs):
+    """fn(*inputs), with its activations recomputed in the backward pass instead of stored when
+    ``enabled`` and autograd is recording. The recomputation replays the saved RNG state, so dropout
+    draws the same masks and the gradients equal those of the stored pass."""
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(fn, *inputs, use_reentrant=False)
+    return fn(*inputs)
 
 
 def valid_sizes(masks: list[Tensor]) -> Tensor:
@@ -116,12 +128,17 @@ class DeformableTransformerEncoderLayer(nn.Module):
 
 
 class DeformableTransformerEncoder(nn.Module):
-    """A stack of encoder layers, with BatchFormerV2 after the layers a ``BatchFormerPlan`` names."""
+    """A stack of encoder layers, with BatchFormerV2 after the layers a ``BatchFormerPlan`` names.
+
+    ``use_checkpoint`` (``--use_checkpoint``): each layer and each BatchFormer step is recomputed in
+    the backward pass.
+    """
 
     def __init__(self, encoder_layer: DeformableTransformerEncoderLayer, num_layers: int) -> None:
         super().__init__()
         self.layers = _get_clones(encoder_layer, num_layers)
         self.num_layers = num_layers
+        self.use_checkpoint = False
 
     @staticmethod
     def get_reference_points(spatial_shapes: list[tuple[int, int]], valid_ratios: Tensor) -> Tensor:
@@ -141,27 +158,36 @@ class DeformableTransformerEncoder(nn.Module):
         padding_mask: Tensor | None = None,
         batchformer: BatchFormerPlan | None = None,
         shapes: list[tuple[int, int]] | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
+    ) -> tuple[Tensor, Tensor, Tensor | None, int]:
         """src, pos (B, S, C); padding_mask (B, S) -> (memory (B', S, C), valid_ratios (B', L, 2),
-        padding_mask (B', S)); B' = 2B once two-stream BatchFormerV2 doubles the batch."""
+        padding_mask (B', S), num_streams); B' = num_streams * B, 2 once two-stream BatchFormerV2
+        doubles the batch."""
         if shapes is None:
             shapes = [tuple(s) for s in spatial_shapes.tolist()]
         reference_points = self.get_reference_points(shapes, valid_ratios)
         output = src
         num_images = src.shape[0]
+        num_streams = 1
         for i, layer in enumerate(self.layers):
-            output = layer(output, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
+            output = _maybe_checkpointed(
+                self.use_checkpoint, layer, output, pos, reference_points, spatial_shapes, level_start_index,
+                padding_mask,
+            )
             if batchformer is None or i not in batchformer.layers:
                 continue
-            output = batchformer_step(batchformer.layers[i], output, num_images, batchformer.two_stream)
-            if output.shape[0] != pos.shape[0]:
+            output = _maybe_checkpointed(
+                self.use_checkpoint, batchformer_step, batchformer.layers[i], output, num_images,
+                batchformer.two_stream, num_streams,
+            )
+            if batchformer.two_stream and num_streams == 1:
                 # The second stream sees the same images: duplicate their per-image inputs.
+                num_streams = 2
                 pos, reference_points, valid_ratios = (
                     torch.cat([t, t]) for t in (pos, reference_points, valid_ratios)
                 )
                 if padding_mask is not None:
                     padding_mask = torch.cat([padding_mask, padding_mask])
-        return output, valid_ratios, padding_mask
+        return output, valid_ratios, padding_mask, num_streams
 
 
 class DeformableTransformerDecoderLayer(nn.Module):
@@ -231,6 +257,7 @@ class DeformableTransformerDecoder(nn.Module):
         self.layers = _get_clones(decoder_layer, num_layers)
         self.num_layers = num_layers
         self.return_intermediate = return_intermediate
+        self.use_checkpoint = False  # --use_checkpoint: each layer recomputed in the backward pass
         self.bbox_embed = None
         self.class_embed = None
         self.refine = False
@@ -261,7 +288,9 @@ class DeformableTransformerDecoder(nn.Module):
                 reference_points_input = reference_points[:, :, None] * ratios_4d
             else:
                 reference_points_input = reference_points[:, :, None] * ratios_2d
-            output = layer(
+            output = _maybe_checkpointed(
+                self.use_checkpoint,
+                layer,
                 output,
                 query_pos,
                 reference_points_input,
@@ -313,6 +342,7 @@ class DeformableTransformer(nn.Module):
         share_bf: bool = True,
         bt_num_layers: int = 1,
         eval_bf: bool = False,
+        use_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if d_model % nhead != 0:
@@ -347,6 +377,7 @@ class DeformableTransformer(nn.Module):
         self.decoder = DeformableTransformerDecoder(
             decoder_layer, num_decoder_layers, return_intermediate_dec
         )
+        self.encoder.use_checkpoint = self.decoder.use_checkpoint = use_checkpoint
         if two_stage:
             self.enc_output = nn.Linear(d_model, d_model)
             self.enc_output_norm = nn.LayerNorm(d_model)
@@ -468,7 +499,7 @@ class DeformableTransformer(nn.Module):
         sizes = valid_sizes(masks)  # (B, L, 2)
         valid_ratios = sizes / spatial_shapes.flip(-1).float()  # (B, L, 2) as (w, h)
 
-        memory, valid_ratios, mask_flatten = self.encoder(
+        memory, valid_ratios, mask_flatten, num_streams = self.encoder(
             src_flatten,
             spatial_shapes,
             level_start_index,
@@ -479,8 +510,8 @@ class DeformableTransformer(nn.Module):
             shapes=shapes,
         )
         bs, _, c = memory.shape
-        if sizes.shape[0] != bs:
-            sizes = torch.cat([sizes, sizes])
+        if num_streams > 1:
+            sizes = sizes.repeat(num_streams, 1, 1)
 
         enc_outputs_class = enc_outputs_coord_unact = None
         if self.two_stage:
@@ -533,6 +564,7 @@ class DeformableTransformer(nn.Module):
             level_start_index,
             mask_flatten,
             valid_ratios,
+            num_streams,
         )
 
 
@@ -567,9 +599,10 @@ def build_deformable_transformer(args, bf_indices: list[int] | tuple[int, ...] =
         two_stage=args.two_stage,
         two_stage_num_proposals=args.num_queries,
         bf_indices=bf_indices,
-        share_bf=bool(getattr(args, "share_bf", 1)),
-        bt_num_layers=getattr(args, "bt_num_layers", 1),
-        eval_bf=bool(getattr(args, "eval_bf", 0)),
+        share_bf=bool(args.share_bf),
+        bt_num_layers=args.bt_num_layers,
+        eval_bf=bool(args.eval_bf),
+        use_checkpoint=bool(args.use_checkpoint),
     )
 
 

@@ -4,26 +4,26 @@ Design (docs/segmentation.md): the final decoder embeddings hs (B', Q, C) attend
 over the stride-8 level of the encoder memory (``MHAttentionMap``); an FPN-style conv head turns
 each query's M attention maps, together with that memory level and the backbone's stride-8
 (layer2) and stride-4 (layer1) features, into mask logits ``pred_masks`` (B', Q, H/4, W/4).
-B' = 2B in two-stream BatchFormerV2 training: both streams share the head, and the backbone
-features (computed once, for the B images) are repeated for the second stream.
+B' = num_streams * B (two streams in BatchFormerV2 training, as the detector's output says): both
+streams share the head, and the backbone features (computed once, for the B images) are repeated for
+the second stream. The stride-4 features come from the backbone's ``STRIDE4`` output, which the
+backbone returns when it is built for ``--masks``.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from datasets.panoptic_eval import png_bytes
+from models.backbone import STRIDE4
 from models.deformable_detr import DeformableDETR, DetectorState
 from util.misc import NestedTensor, nested_tensor_from_tensor_list
+from util.panoptic import png_bytes
 
-__all__ = ["DeformableDETRsegm", "MHAttentionMap", "MaskHeadFPN", "PostProcessPanoptic", "PostProcessSegm",
-           "build_segmentation"]
+__all__ = ["DeformableDETRsegm", "MHAttentionMap", "MaskHeadFPN", "PostProcessPanoptic", "PostProcessSegm"]
 
 
 class MHAttentionMap(nn.Module):
@@ -116,13 +116,6 @@ class MaskHeadFPN(nn.Module):
         return self.out(x).view(b, q, h4, w4)
 
 
-def _keep_stride4_output(module: nn.Module, inputs, output: Tensor) -> None:
-    """Forward hook on the backbone's layer1: the one stride-4 map the mask head needs, which the
-    detector itself does not return. A plain function (not a bound method), so copies of the model
-    store into their own layer1."""
-    module.stride4_output = output
-
-
 class DeformableDETRsegm(nn.Module):
     """Deformable DETR plus the mask head; ``model.detr`` is the detector (checkpoint keys ``detr.*``).
 
@@ -136,29 +129,27 @@ class DeformableDETRsegm(nn.Module):
         if freeze_detr:
             for p in self.detr.parameters():
                 p.requires_grad_(False)
-        backbone = detr.backbone[0]
-        if backbone.strides[0] != 8:
+        shapes = detr.backbone.output_shape()
+        if shapes["0"].stride != 8:
             raise ValueError("the mask head needs the multi-scale backbone (strides 8/16/32): "
                              "--masks requires --num_feature_levels >= 3")
-        layer1 = backbone.body["layer1"]
-        c4 = [mod for mod in layer1.modules() if isinstance(mod, nn.Conv2d)][-1].out_channels
+        if STRIDE4 not in shapes or shapes[STRIDE4].stride != 4:
+            raise ValueError(f"the mask head needs the backbone's stride-4 map ({STRIDE4!r} in its "
+                             "output_shape()): build the backbone for --masks")
         hidden_dim, nheads = detr.transformer.d_model, detr.transformer.nhead
         self.bbox_attention = MHAttentionMap(hidden_dim, hidden_dim, nheads, dropout=0.0)
-        self.mask_head = MaskHeadFPN(hidden_dim, nheads, backbone.num_channels[0], c4)
-        layer1.register_forward_hook(_keep_stride4_output)
+        self.mask_head = MaskHeadFPN(hidden_dim, nheads, shapes["0"].channels, shapes[STRIDE4].channels)
 
     def forward(self, samples: NestedTensor | list[Tensor]) -> dict:
         """The detector's outputs plus ``pred_masks`` (B', Q, H/4, W/4) mask logits."""
         if not isinstance(samples, NestedTensor):
             samples = nested_tensor_from_tensor_list(list(samples))
         out, state = self.detr.forward_with_state(samples)
-        layer1 = self.detr.backbone[0].body["layer1"]
-        feat4 = layer1.stride4_output
-        del layer1.stride4_output  # do not keep the activation alive between calls
-        out["pred_masks"] = self.predict_masks(state, feat4)
+        out["pred_masks"] = self.predict_masks(state, state.extra_features[STRIDE4].tensors)
         return out
 
     def predict_masks(self, state: DetectorState, feat4: Tensor) -> Tensor:
+        """feat4 (B, c4, H/4, W/4) the backbone's stride-4 map -> mask logits (B', Q, H/4, W/4)."""
         t = state.transformer
         hs = t.hs[-1]  # (B', Q, C)
         b2 = hs.shape[0]
@@ -166,12 +157,9 @@ class DeformableDETRsegm(nn.Module):
         memory8 = t.memory[:, : h8 * w8].transpose(1, 2).reshape(b2, -1, h8, w8)  # level 0 = stride 8
         mask8 = t.mask_flatten[:, : h8 * w8].view(b2, h8, w8)
         feat8 = state.features[0].tensors
-        b = feat8.shape[0]
-        if b2 != b:  # two streams: stream 1 holds the same B images
-            if b2 % b:
-                raise ValueError(f"mask head: {b2} decoder outputs for a batch of {b} images")
-            feat8 = feat8.repeat(b2 // b, 1, 1, 1)
-            feat4 = feat4.repeat(b2 // b, 1, 1, 1)
+        if t.num_streams > 1:  # stream 1 holds the same B images
+            feat8 = feat8.repeat(t.num_streams, 1, 1, 1)
+            feat4 = feat4.repeat(t.num_streams, 1, 1, 1)
         attn = self.bbox_attention(hs, memory8, mask=mask8)  # (B', Q, M, H8, W8)
         # in units of the uniform weight: 1 everywhere for a query that looks nowhere in particular,
         # at any image size
@@ -320,31 +308,3 @@ class PostProcessPanoptic(nn.Module):
             segments.append({"id": len(segments) + 1, "category_id": label,
                              "isthing": bool(self.is_thing_map.get(label, True)), "area": areas[seg]})
         return renumber[ids.cpu().numpy()], segments
-
-
-def is_thing_map_for(args) -> dict[int, bool] | None:
-    """Category id -> isthing of the panoptic data sets (from their annotation file where it is
-    present), None for the others."""
-    if args.dataset_file == "coco_panoptic":
-        ann_file = os.path.join(args.coco_panoptic_path or "", "annotations", "panoptic_val2017.json")
-        if os.path.isfile(ann_file):
-            with open(ann_file, encoding="utf-8") as f:
-                return {c["id"]: bool(c["isthing"]) for c in json.load(f)["categories"]}
-        return {i: i <= 90 for i in range(1, 201)}  # COCO panoptic: things 1..90, stuff 92..200
-    if args.dataset_file == "toy_panoptic":
-        from datasets.toy_panoptic import categories
-
-        return {c["id"]: bool(c["isthing"]) for c in categories()}
-    return None
-
-
-def build_segmentation(args, detr: DeformableDETR) -> tuple[nn.Module, dict[str, nn.Module]]:
-    """The model with its mask head and the 'segm' (and, on panoptic data, 'panoptic') postprocessors.
-
-    Called by ``models.deformable_detr.build`` with --masks; the criterion's 'masks' loss lives there."""
-    model = DeformableDETRsegm(detr, freeze_detr=args.frozen_weights is not None)
-    postprocessors: dict[str, nn.Module] = {"segm": PostProcessSegm()}
-    is_thing_map = is_thing_map_for(args)
-    if is_thing_map is not None:
-        postprocessors["panoptic"] = PostProcessPanoptic(is_thing_map, threshold=args.panoptic_threshold)
-    return model, postprocessors

@@ -70,6 +70,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drop_path", default=0.0, type=float,
                    help="accepted for the public BatchFormerV2 command lines; it changes nothing "
                         "(nor did it there)")
+    p.add_argument("--use_checkpoint", action="store_true",
+                   help="recompute the encoder layers, the BatchFormer and the decoder layers in the "
+                        "backward pass instead of storing their activations: less memory, more time, the "
+                        "same losses and gradients")
     # segmentation
     p.add_argument("--masks", action="store_true", help="train the segmentation head")
     p.add_argument("--panoptic_threshold", default=0.3, type=float,
@@ -78,7 +82,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_batchformer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bf", default=0, type=int,
-                   help="BatchFormerV2: 0 off, 1 two-stream training (the published mode)")
+                   help="BatchFormerV2: 0 off, 1 two-stream training (the published mode), 7 single stream "
+                        "(the BatchFormer's output replaces the batch in training; skipped at test)")
     p.add_argument("--insert_idx", default=None, type=int, nargs="+", action="extend",
                    help="encoder layer(s) after which the BatchFormer runs; repeatable")
     p.add_argument("--share_bf", default=1, type=int,
@@ -86,6 +91,14 @@ def _add_batchformer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bt_num_layers", default=1, type=int, help="depth of each BatchFormer")
     p.add_argument("--eval_bf", default=0, type=int, nargs="?", const=1,
                    help="also apply the BatchFormer at inference (single stream)")
+    p.add_argument("--bf_scope", default="device", choices=("device", "global"),
+                   help="images the BatchFormer attends across: those of each process's batch (device, the "
+                        "published behaviour) or those of every process (global; one all-gather of the "
+                        "encoder state per insert index)")
+    p.add_argument("--bf_lr", default=1.0, type=float,
+                   help="multiplier of --lr for the BatchFormer's parameters")
+    p.add_argument("--bf_weight_decay", default=None, type=float,
+                   help="weight decay of the BatchFormer's parameters (default: --weight_decay)")
 
 
 def _add_loss_args(p: argparse.ArgumentParser) -> None:
@@ -106,7 +119,8 @@ def _add_loss_args(p: argparse.ArgumentParser) -> None:
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     # data
-    p.add_argument("--dataset_file", default="coco", help="coco, coco_panoptic, toy or toy_panoptic")
+    p.add_argument("--dataset_file", default="coco",
+                   help="a data set of datasets.DATASET_FILES: coco, coco_panoptic, toy, toy_panoptic, ...")
     p.add_argument("--coco_path", default="./data/coco", type=str)
     p.add_argument("--coco_panoptic_path", type=str)
     p.add_argument("--toy_panoptic_root", default=None, type=str,
@@ -159,6 +173,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """A copy of ``args`` with every flag it lacks at the parser's default: namespaces recorded by older
+    code (published checkpoints predate the BatchFormer flags) or filled in by hand build the same
+    model as parsed flags, and no builder restates a default."""
+    return argparse.Namespace(**{**vars(get_args_parser().parse_args([])), **vars(args)})
+
+
+def dataset_metadata(args: argparse.Namespace):
+    """``datasets.dataset_metadata(args)``: the ``util.metadata.DatasetMetadata`` of ``--dataset_file``,
+    for callers that hold only the flags (``models.build_model(args)`` without metadata)."""
+    from datasets import dataset_metadata as of_dataset
+
+    return of_dataset(args)
+
+
 class FlagError(ValueError):
     """A flag whose value conflicts with the data, found only while running (e.g. more two-stage queries
     than encoder positions); main.py reports it like a bad flag: one line, exit code 2."""
@@ -170,7 +199,7 @@ class FlagError(ValueError):
 
 _BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 _BOTTLENECK_BACKBONES = ("resnet50", "resnet101", "resnet152")
-_BF_MODES = (0, 1)  # 0 off, 1 two-stream BatchFormerV2
+_BF_MODES = (0, 1, 7)  # 0 off, 1 two-stream BatchFormerV2, 7 single stream
 
 # flag: smallest allowed value
 _INT_MINIMA = {
@@ -182,7 +211,7 @@ _INT_MINIMA = {
 _NON_NEGATIVE = (
     "lr", "lr_backbone", "lr_linear_proj_mult", "weight_decay", "clip_max_norm", "position_embedding_scale",
     "set_cost_class", "set_cost_bbox", "set_cost_giou", "mask_loss_coef", "dice_loss_coef", "cls_loss_coef",
-    "bbox_loss_coef", "giou_loss_coef",
+    "bbox_loss_coef", "giou_loss_coef", "bf_lr", "bf_weight_decay",
 )
 _UNIT_INTERVAL = ("dropout", "panoptic_threshold")
 
@@ -249,7 +278,7 @@ def _check_architecture(args: argparse.Namespace) -> str | None:
 
 def _check_batchformer(args: argparse.Namespace) -> str | None:
     if args.bf not in _BF_MODES:
-        return f"--bf must be 0 (off) or 1 (two-stream BatchFormerV2), got {args.bf}"
+        return f"--bf must be 0 (off), 1 (two-stream BatchFormerV2) or 7 (single stream), got {args.bf}"
     if args.share_bf not in (0, 1):
         return f"--share_bf must be 0 or 1, got {args.share_bf}"
     if args.eval_bf not in (0, 1):
@@ -372,10 +401,17 @@ def args_notices(args: argparse.Namespace) -> list[str]:
         notes.append(f"--drop_path {args.drop_path} has no effect: the public BatchFormerV2 code accepts the "
                      "flag without using it, and so does this one")
     per_device = getattr(args, "bf_scope", "device") == "device"
-    if args.bf == 1 and not args.eval and per_device and args.batch_size < 2:
-        notes.append(f"--bf 1 with --batch_size {args.batch_size}: the BatchFormer attends across the images "
-                     "of each device's batch, so with one image it attends to nothing but itself; use "
-                     "--batch_size 2 or more")
+    if args.bf and not args.eval and per_device and args.batch_size < 2:
+        notes.append(f"--bf {args.bf} with --batch_size {args.batch_size}: the BatchFormer attends across the "
+                     "images of each device's batch, so with one image it attends to nothing but itself; use "
+                     "--batch_size 2 or more (or --bf_scope global in a multi-process run)")
+    if not args.bf:
+        unused = [f"--{name}" for name, default in (("bf_scope", "device"), ("bf_lr", 1.0),
+                                                     ("bf_weight_decay", None))
+                  if getattr(args, name, default) != default]
+        if unused:
+            notes.append(f"{' and '.join(unused)} without --bf: there is no BatchFormer, so "
+                         f"{'they have' if len(unused) > 1 else 'it has'} no effect")
     return notes
 
 

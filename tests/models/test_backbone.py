@@ -6,7 +6,15 @@ import torchvision
 from torch import nn
 
 import models.backbone as backbone_module
-from models.backbone import Backbone, FrozenBatchNorm2d, backbone_state_dict, build_backbone
+from models.backbone import (
+    STRIDE4,
+    Backbone,
+    FrozenBatchNorm2d,
+    LevelShape,
+    build_backbone,
+    imagenet_state_dict,
+    load_pretrained_backbone,
+)
 from util.args import get_args_parser
 from util.misc import nested_tensor_from_tensor_list
 
@@ -93,6 +101,7 @@ def test_backbone_weights_file_is_loaded(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(reference.state_dict(), path)  # with fc.* and num_batches_tracked, as torchvision's
     joiner = build_backbone(_args("--backbone_weights", str(path)))
+    assert load_pretrained_backbone(joiner, _args("--backbone_weights", str(path)))
     body = joiner[0].body
     torch.testing.assert_close(body.conv1.weight, reference.conv1.weight)
     torch.testing.assert_close(body.layer3[1].bn2.running_var, reference.layer3[1].bn2.running_var)
@@ -100,12 +109,13 @@ def test_backbone_weights_file_is_loaded(tmp_path):
 
 
 def test_backbone_weights_errors(tmp_path):
+    joiner = build_backbone(_args("--no_pretrained_backbone"))
     with pytest.raises(FileNotFoundError, match="--backbone_weights"):
-        build_backbone(_args("--backbone_weights", str(tmp_path / "missing.pth")))
+        load_pretrained_backbone(joiner, _args("--backbone_weights", str(tmp_path / "missing.pth")))
     path = tmp_path / "r50.pth"
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
     with pytest.raises(ValueError, match="--backbone_weights does not hold a torchvision resnet18"):
-        build_backbone(_args("--backbone_weights", str(path)))
+        load_pretrained_backbone(joiner, _args("--backbone_weights", str(path)))
 
 
 def test_failed_download_names_both_flags(monkeypatch):
@@ -114,12 +124,36 @@ def test_failed_download_names_both_flags(monkeypatch):
 
     monkeypatch.setattr(backbone_module.torchvision.models, "get_model_weights", offline)
     with pytest.raises(RuntimeError) as info:
-        backbone_state_dict(_args())
+        imagenet_state_dict(_args())
     assert "--backbone_weights" in str(info.value) and "--no_pretrained_backbone" in str(info.value)
     # Nothing is fetched when the detector's weights replace the backbone's anyway.
-    assert backbone_state_dict(_args("--resume", "ckpt.pth")) is None
-    assert backbone_state_dict(_args("--frozen_weights", "detr.pth")) is None
-    assert backbone_state_dict(_args("--no_pretrained_backbone")) is None
+    assert imagenet_state_dict(_args("--resume", "ckpt.pth")) is None
+    assert imagenet_state_dict(_args("--frozen_weights", "detr.pth")) is None
+    assert imagenet_state_dict(_args("--no_pretrained_backbone")) is None
+
+
+def test_building_loads_no_weights(monkeypatch):
+    # Without --no_pretrained_backbone the ImageNet weights are wanted, but only the caller fetches them.
+    def offline(name):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(backbone_module.torchvision.models, "get_model_weights", offline)
+    build_backbone(_args())
+    with pytest.raises(RuntimeError, match="could not download"):
+        load_pretrained_backbone(build_backbone(_args()), _args())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_output_shape_states_every_returned_map(name):
+    backbone = Backbone(name, True, True, False, return_stride4=True)
+    shapes = backbone.output_shape()
+    assert list(shapes) == [STRIDE4, "0", "1", "2"]
+    out = backbone(nested_tensor_from_tensor_list([torch.randn(3, 64, 96)]))
+    assert list(out) == list(shapes)
+    for key, shape in shapes.items():
+        assert out[key].tensors.shape[1:] == (shape.channels, 64 // shape.stride, 96 // shape.stride), key
+    assert shapes[STRIDE4] == LevelShape(4, out[STRIDE4].tensors.shape[1])
+    assert list(Backbone(name, True, False, False).output_shape()) == ["0"]
 
 
 def test_unknown_backbone():

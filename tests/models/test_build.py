@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from models import build_model
+from models.build import build
 from models.criterion import SetCriterion
 from models.deformable_detr import DeformableDETR, PostProcess
 from util.args import get_args_parser
+from util.metadata import DatasetMetadata
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,13 +44,39 @@ def test_model_options_follow_the_flags():
     assert len(model.transformer.decoder.layers) == 3 and model.transformer.level_embed.shape == (4, 32)
 
 
-def test_insert_idx_is_normalised(capsys):
+def test_build_returns_the_resolved_insert_indices_and_leaves_args_alone(capsys):
     args = _args("--bf", "1")
-    model, _, _ = build_model(args)
-    assert args.insert_idx == [0] and "--insert_idx 0" in capsys.readouterr().out
+    built = build(args, DatasetMetadata(20))
+    assert built.bf_indices == [0] and "--insert_idx 0" in capsys.readouterr().out
+    assert args.insert_idx is None
     args = _args("--bf", "1", "--insert_idx", "1", "--insert_idx", "0", "1", "--share_bf", "0")
+    flags = vars(args).copy()
     model, _, _ = build_model(args)
-    assert args.insert_idx == [0, 1] and list(model.transformer.bf) == ["0", "1"]
+    assert vars(args) == flags and list(model.transformer.bf) == ["0", "1"]
+    assert build(args, DatasetMetadata(20)).bf_indices == [0, 1]
+
+
+def test_metadata_sets_the_classes_and_the_panoptic_postprocessor():
+    thing = {1: True, 7: False}
+    flags = _args("--masks", "--num_feature_levels", "3")
+    model, criterion, post = build_model(flags, DatasetMetadata(9, thing))
+    assert model.detr.class_embed[0].out_features == 9 and criterion.num_classes == 9
+    assert post["panoptic"].is_thing_map == thing
+    _, _, post = build_model(flags, DatasetMetadata(9))
+    assert "panoptic" not in post and "segm" in post
+
+
+def test_unknown_dataset_file_names_the_choices():
+    with pytest.raises(ValueError, match="--dataset_file must be one of coco, coco_panoptic, toy"):
+        build_model(_args("--dataset_file", "voc"))
+
+
+def test_namespace_without_newer_flags_takes_the_parser_defaults():
+    args = _args()
+    for name in ("share_bf", "bt_num_layers", "eval_bf", "no_pretrained_backbone"):
+        delattr(args, name)
+    model, _, _ = build_model(args)
+    assert model.transformer.bf_indices == () and not hasattr(args, "share_bf")
 
 
 @pytest.mark.parametrize(

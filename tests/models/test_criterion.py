@@ -104,9 +104,10 @@ def test_two_stream_outputs_duplicate_the_targets():
     g = torch.Generator().manual_seed(1)
     targets = _targets(g, [2, 3])
     outputs = _outputs(g, batch=4, aux=2)  # 2B predictions for B = 2 images
+    outputs["num_streams"] = 2
     criterion = _criterion()
     implicit = criterion(outputs, targets)
-    explicit = criterion(outputs, targets + targets)
+    explicit = criterion({**outputs, "num_streams": 1}, targets + targets)
     assert implicit.keys() == explicit.keys()
     for k in implicit:
         torch.testing.assert_close(implicit[k], explicit[k])
@@ -124,10 +125,24 @@ def test_duplicated_outputs_give_the_losses_of_one_copy():
 
     criterion = _criterion()
     ref = criterion(single, targets)
-    dup = criterion(twice(single), targets)
+    dup = criterion({**twice(single), "num_streams": 2}, targets)
     assert ref.keys() == dup.keys()
     for k in ref:
         torch.testing.assert_close(dup[k], ref[k])
+
+
+def test_the_number_of_streams_is_read_not_guessed():
+    # Four images of one stream with the targets of two: a caller's mistake, not two streams.
+    g = torch.Generator().manual_seed(5)
+    targets = _targets(g, [2, 1])
+    outputs = _outputs(g, batch=4, aux=1)
+    criterion = _criterion()
+    with pytest.raises(ValueError, match=r"4 images of predictions but 2 .* is 1\)"):
+        criterion({**outputs, "num_streams": 1}, targets)
+    with pytest.raises(ValueError, match=r"num_streams'\] is 1\)"):
+        criterion(outputs, targets)  # no num_streams: one stream
+    with pytest.raises(ValueError, match=r"num_streams'\] is 2\)"):
+        criterion({**outputs, "num_streams": 2}, targets + targets)
 
 
 def test_aux_and_enc_suffixes_and_binary_encoder_targets():

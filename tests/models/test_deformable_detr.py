@@ -1,7 +1,6 @@
 """The detector: every configuration runs forward and backward; heads, init and outputs."""
 
 import math
-import sys
 
 import pytest
 import torch
@@ -164,6 +163,16 @@ def test_state_for_a_mask_head():
     assert torch.equal(t.mask_flatten[:2], t.mask_flatten[2:])
 
 
+def test_outputs_state_the_number_of_streams():
+    model = _build("--bf", "1")[0].train()
+    out = model(_images())
+    assert out["num_streams"] == 2 and out["pred_logits"].shape[0] == 4
+    with torch.no_grad():
+        assert model.eval()(_images())["num_streams"] == 1
+    plain = _build()[0].train()
+    assert plain(_images())["num_streams"] == 1
+
+
 def test_mlp_and_num_classes():
     mlp = MLP(4, 8, 2, 3)
     x = torch.randn(5, 4)
@@ -180,12 +189,6 @@ def test_mlp_and_num_classes():
 def test_too_few_feature_levels_for_the_backbone():
     with pytest.raises(ValueError, match="--num_feature_levels"):
         _build("--num_feature_levels", "2", "--masks")
-
-
-def test_masks_without_the_mask_head(monkeypatch):
-    monkeypatch.setitem(sys.modules, "models.segmentation", None)  # import fails as if the file were absent
-    with pytest.raises(NotImplementedError, match="segmentation"):
-        _build("--masks")
 
 
 def test_model_class_is_public():
