@@ -112,6 +112,16 @@ def test_same_outputs_and_round_trip(variant, tmp_path, monkeypatch):
             out = model(samples)
         torch.testing.assert_close(out["pred_logits"], theirs.logits, atol=1e-4, rtol=0)
         torch.testing.assert_close(out["pred_boxes"], theirs.pred_boxes, atol=1e-4, rtol=0)
+        # Earlier decoder layers through transformers' own heads, and the two-stage proposals.
+        for layer, aux in enumerate(out["aux_outputs"]):
+            with torch.no_grad():
+                logits = hf.class_embed[layer](theirs.intermediate_hidden_states[:, layer])
+            torch.testing.assert_close(aux["pred_logits"], logits, atol=1e-4, rtol=0)
+        if variant == "two_stage":
+            torch.testing.assert_close(out["enc_outputs"]["pred_logits"], theirs.enc_outputs_class,
+                                       atol=1e-4, rtol=0)
+            torch.testing.assert_close(out["enc_outputs"]["pred_boxes"],
+                                       theirs.enc_outputs_coord_logits.sigmoid(), atol=1e-4, rtol=0)
         for mine, ref in zip(postprocess(out, sizes), expected):
             assert torch.equal(mine["labels"], ref["labels"])
             torch.testing.assert_close(mine["scores"], ref["scores"], atol=1e-4, rtol=0)
