@@ -14,39 +14,17 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset, Subset
 
+from datasets.errors import (  # noqa: F401 (the package's public names)
+    DatasetError,
+    DatasetFormatError,
+    DatasetNotFoundError,
+    DatasetReadError,
+    data_error_message,
+)
 from util.metadata import DatasetMetadata
 
 # The public code's classifier width for data sets other than COCO.
 _OTHER_NUM_CLASSES = 20
-
-
-class DatasetError(Exception):
-    """Data on disk that cannot be used: a missing folder or file, a malformed annotation file, an
-    unreadable image. The message names the file; ``main.py`` reports it in one line, no traceback.
-    The subclasses below are also the built-in error of their kind, so ``except OSError`` still works."""
-
-
-class DatasetNotFoundError(DatasetError, FileNotFoundError):
-    """A folder or file of the data set is missing."""
-
-
-class DatasetFormatError(DatasetError, ValueError):
-    """A file of the data set has the wrong content (annotation keys, image and PNG sizes)."""
-
-
-class DatasetReadError(DatasetError, OSError):
-    """A file of the data set exists but cannot be decoded."""
-
-
-def data_error_message(error: DatasetError) -> str:
-    """The error's message on one line, also when a DataLoader worker re-raised it: the worker's copy
-    carries the worker's traceback, whose last line is ``<module>.<class>: <message>``."""
-    text = str(error).strip()
-    if "Traceback (most recent call last)" not in text:
-        return " ".join(line.strip() for line in text.splitlines())
-    last = text.splitlines()[-1]
-    head, sep, message = last.partition(": ")
-    return message if sep and head.rsplit(".", 1)[-1] == type(error).__name__ else last
 
 
 def get_coco_api_from_dataset(dataset: Dataset):
@@ -93,7 +71,7 @@ DATASET_FILES = tuple(_DATASETS)
 def _entry(args: argparse.Namespace) -> _DatasetEntry:
     if args.dataset_file not in _DATASETS:
         choices = ", ".join(DATASET_FILES)
-        raise ValueError(f"--dataset_file must be one of {choices}, got {args.dataset_file!r}")
+        raise ValueError(f"--dataset_file {args.dataset_file!r} is not supported; choose one of {choices}")
     return _DATASETS[args.dataset_file]
 
 

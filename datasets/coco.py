@@ -15,8 +15,8 @@ import PIL.Image
 import torch
 from pycocotools import mask as coco_mask
 
-from datasets import DatasetNotFoundError, DatasetReadError
 from datasets import transforms as T
+from datasets.errors import DatasetNotFoundError, DatasetReadError
 from datasets.torchvision_datasets import CocoDetection as _CocoImages
 from util.dist import get_local_rank, get_local_size, is_dist_avail_and_initialized
 

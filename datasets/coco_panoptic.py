@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from datasets import DatasetFormatError, DatasetNotFoundError, DatasetReadError
 from datasets import transforms as T
+from datasets.errors import DatasetFormatError, DatasetNotFoundError, DatasetReadError
 from datasets.panoptic_eval import read_panoptic_png
 from datasets.torchvision_datasets.coco import load_coco_api
 from util.box_ops import masks_to_boxes

@@ -20,7 +20,7 @@ import PIL.Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from datasets import DatasetError, DatasetNotFoundError, DatasetReadError
+from datasets.errors import DatasetError, DatasetNotFoundError, DatasetReadError
 
 # 'height' and 'width' are optional, as for pycocotools: the image file has them.
 _IMAGE_KEYS = ("id", "file_name")

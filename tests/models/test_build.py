@@ -67,7 +67,7 @@ def test_metadata_sets_the_classes_and_the_panoptic_postprocessor():
 
 
 def test_unknown_dataset_file_names_the_choices():
-    with pytest.raises(ValueError, match="--dataset_file must be one of coco, coco_panoptic, toy"):
+    with pytest.raises(ValueError, match="'voc' is not supported; choose one of coco, coco_panoptic, toy"):
         build_model(_args("--dataset_file", "voc"))
 
 
