@@ -1,4 +1,4 @@
-"""Position encodings of the backbone feature maps (SPEC section 4).
+"""Position encodings of the backbone feature maps.
 
 Both map a padded batch of features, (B, C, H, W) with its padding mask (B, H, W), to an encoding
 (B, hidden_dim, H, W) that the transformer adds to the attention queries.
@@ -92,8 +92,8 @@ def build_position_encoding(args) -> nn.Module:
     if args.hidden_dim % 2 != 0:
         raise ValueError(f"--hidden_dim must be even for the position encoding, got {args.hidden_dim}")
     n_steps = args.hidden_dim // 2
-    if args.position_embedding in ("v2", "sine"):
+    if args.position_embedding == "sine":
         return PositionEmbeddingSine(n_steps, normalize=True, scale=args.position_embedding_scale)
-    if args.position_embedding in ("v3", "learned"):
+    if args.position_embedding == "learned":
         return PositionEmbeddingLearned(n_steps)
     raise ValueError(f"--position_embedding must be 'sine' or 'learned', got {args.position_embedding!r}")

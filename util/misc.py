@@ -6,7 +6,6 @@ re-exported here so that code written against it keeps working.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from util.dist import (  # noqa: F401  (public names of the original module)
@@ -92,9 +91,3 @@ def accuracy(output: Tensor, target: Tensor, topk: tuple[int, ...] = (1,)) -> li
     _, pred = output.topk(maxk, 1, True, True)
     correct = pred.t().eq(target.view(1, -1).expand_as(pred.t()))
     return [correct[:k].reshape(-1).float().sum(0) * (100.0 / target.numel()) for k in topk]
-
-
-def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "nearest",
-                align_corners=None) -> Tensor:
-    """``F.interpolate``; kept under the original name (it once worked around empty batches)."""
-    return F.interpolate(input, size, scale_factor, mode, align_corners)
