@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.batchformer import pad_to_common_size
 from models.criterion import SetCriterion
 from models.deformable_transformer import TransformerOutput
 from models.postprocess import PostProcess
@@ -162,6 +163,8 @@ class DeformableDETR(nn.Module):
     def forward_with_state(self, samples: NestedTensor | list[Tensor]) -> tuple[dict, DetectorState]:
         if not isinstance(samples, NestedTensor):
             samples = nested_tensor_from_tensor_list(list(samples))
+        if self.transformer.batchformer_spans_ranks():
+            samples = pad_to_common_size(samples)  # token l the same place in every rank's images
         features, pos, extra_features = self.backbone.forward_levels(samples)
         pos = list(pos)
         srcs, masks = [], []

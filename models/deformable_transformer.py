@@ -343,6 +343,8 @@ class DeformableTransformer(nn.Module):
         bt_num_layers: int = 1,
         eval_bf: bool = False,
         use_checkpoint: bool = False,
+        bf_mode: int = 1,
+        bf_scope: str = "device",
     ) -> None:
         super().__init__()
         if d_model % nhead != 0:
@@ -355,6 +357,8 @@ class DeformableTransformer(nn.Module):
         self.bf_indices = tuple(sorted(set(bf_indices)))
         self.share_bf = share_bf
         self.eval_bf = eval_bf
+        self.bf_mode = bf_mode  # 1 two streams in training, 7 one (models.batchformer)
+        self.bf_scope = bf_scope  # "device" or "global" (every rank's images)
 
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         if self.bf_indices:
@@ -400,11 +404,19 @@ class DeformableTransformer(nn.Module):
         nn.init.normal_(self.level_embed)
 
     def batchformer_plan(self) -> BatchFormerPlan | None:
-        """The BatchFormers this pass runs: two-stream in training, single-stream with eval_bf."""
+        """The BatchFormers this pass runs: two-stream in --bf 1 training, single-stream in --bf 7
+        training and with eval_bf."""
         if not self.bf_indices or not (self.training or self.eval_bf):
             return None
         layers = {i: self.bf if self.share_bf else self.bf[str(i)] for i in self.bf_indices}
-        return BatchFormerPlan(layers, two_stream=self.training)
+        return BatchFormerPlan(layers, two_stream=self.training and self.bf_mode == 1,
+                               across_ranks=self.bf_scope == "global")
+
+    def batchformer_spans_ranks(self) -> bool:
+        """Whether this pass's BatchFormer attends across every rank's images: the images must then be
+        padded alike on every rank (``models.batchformer.pad_to_common_size``)."""
+        plan = self.batchformer_plan()
+        return plan is not None and plan.across_ranks
 
     def _initial_reference_points(self, query_pos: Tensor) -> Tensor:
         """sigmoid(reference_points(query_pos)) (B, Q, C) -> (B, Q, 2), in at least float32.
@@ -603,6 +615,8 @@ def build_deformable_transformer(args, bf_indices: list[int] | tuple[int, ...] =
         bt_num_layers=args.bt_num_layers,
         eval_bf=bool(args.eval_bf),
         use_checkpoint=bool(args.use_checkpoint),
+        bf_mode=args.bf,
+        bf_scope=args.bf_scope,
     )
 
 

@@ -283,6 +283,10 @@ def _check_batchformer(args: argparse.Namespace) -> str | None:
         return f"--share_bf must be 0 or 1, got {args.share_bf}"
     if args.eval_bf not in (0, 1):
         return f"--eval_bf must be 0 or 1, got {args.eval_bf}"
+    if args.bf and args.bf_scope == "global" and args.masks:
+        # The mask loss pads each process's target masks to its own largest image, while the predicted
+        # masks cover the job's largest: the two would be compared out of register.
+        return "--bf_scope global does not support --masks (the mask loss pads targets per process)"
     if args.bf and args.insert_idx:
         bad = [i for i in args.insert_idx if not 0 <= i < args.enc_layers]
         if bad:
@@ -402,9 +406,9 @@ def args_notices(args: argparse.Namespace) -> list[str]:
                      "flag without using it, and so does this one")
     per_device = getattr(args, "bf_scope", "device") == "device"
     if args.bf and not args.eval and per_device and args.batch_size < 2:
-        notes.append(f"--bf {args.bf} with --batch_size {args.batch_size}: the BatchFormer attends across the "
-                     "images of each device's batch, so with one image it attends to nothing but itself; use "
-                     "--batch_size 2 or more (or --bf_scope global in a multi-process run)")
+        notes.append(f"--bf {args.bf} with --batch_size {args.batch_size}: the BatchFormer attends across "
+                     "the images of each device's batch, so with one image it attends to nothing but "
+                     "itself; use --batch_size 2 or more (or --bf_scope global in a multi-process run)")
     if not args.bf:
         unused = [f"--{name}" for name, default in (("bf_scope", "device"), ("bf_lr", 1.0),
                                                      ("bf_weight_decay", None))
