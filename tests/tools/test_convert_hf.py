@@ -4,6 +4,7 @@ padded batch through both models."""
 import json
 import os
 import re
+import shutil
 
 import pytest
 import torch
@@ -33,6 +34,7 @@ VARIANTS = {
     "two_stage": {"with_box_refine": True, "two_stage": True},
 }
 BACKENDS = ["cpp", "pytorch"]
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _config(variant: str, naming: str = "resnet", **extra):
@@ -169,6 +171,19 @@ def _timm_name(name: str) -> str:
     return f"{prefix}layer{int(stage) + 1}.{block}.{module}.{leaf}"
 
 
+def test_pytorch_model_bin(tmp_path):
+    """The older weights file, every tied name present (as hub files of transformers 4 hold them)."""
+    hf = _hf_model("refine")
+    hf.save_pretrained(tmp_path / "safetensors")
+    reference = load_hf_checkpoint(str(tmp_path / "safetensors"))
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text((tmp_path / "safetensors" / "config.json").read_text())
+    torch.save({k: v.clone() for k, v in hf.state_dict().items()}, tmp_path / "bin" / "pytorch_model.bin")
+    from_bin = load_hf_checkpoint(str(tmp_path / "bin"))
+    assert sorted(from_bin["model"]) == sorted(reference["model"])
+    assert all(torch.equal(from_bin["model"][k], reference["model"][k]) for k in reference["model"])
+
+
 def test_timm_backbone_naming_renamed(tmp_path):
     """The published checkpoints' backbone naming (timm's resnet50, config use_timm_backbone/backbone),
     without timm: transformers' ResNet weights renamed convert to the same model, and go back out as
@@ -226,9 +241,16 @@ def test_refine_class_heads_per_layer_are_kept(tmp_path):
     assert torch.equal(reloaded.class_embed[1].weight, state["class_embed.1.weight"])
 
 
-def _folder_with(tmp_path, config_changes: dict, tensors=None):
-    hf = _hf_model("single_scale")
-    hf.save_pretrained(tmp_path)
+@pytest.fixture(scope="module")
+def single_scale_folder(tmp_path_factory):
+    """One saved single-scale model, copied by the tests that only read or alter its files."""
+    folder = tmp_path_factory.mktemp("single_scale")
+    _hf_model("single_scale").save_pretrained(folder)
+    return folder
+
+
+def _folder_with(single_scale_folder, tmp_path, config_changes: dict, tensors=None):
+    shutil.copytree(single_scale_folder, tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     config.update(config_changes)
     (tmp_path / "config.json").write_text(json.dumps(config))
@@ -248,23 +270,24 @@ def _folder_with(tmp_path, config_changes: dict, tensors=None):
     ({"backbone_config": None, "use_timm_backbone": True, "backbone": "resnet50d"}, "backbone"),
     ({"num_feature_levels": 4}, "backbone_config.out_indices"),
 ])
-def test_refuses_what_we_cannot_represent(tmp_path, changes, field):
+def test_refuses_what_we_cannot_represent(single_scale_folder, tmp_path, changes, field):
     with pytest.raises(HFCheckpointError, match=f"config.json: {field} ="):
-        load_hf_checkpoint(_folder_with(tmp_path, changes))
+        load_hf_checkpoint(_folder_with(single_scale_folder, tmp_path / "hf", changes))
 
 
-def test_refuses_a_partial_load(tmp_path):
-    extra = _folder_with(tmp_path / "extra", {}, lambda s: s.update(extra_head=torch.zeros(3)))
+def test_refuses_a_partial_load(single_scale_folder, tmp_path):
+    extra = _folder_with(single_scale_folder, tmp_path / "extra", {},
+                         lambda s: s.update(extra_head=torch.zeros(3)))
     with pytest.raises(HFCheckpointError, match="1 tensors .* no place for: extra_head"):
         load_hf_checkpoint(extra)
-    missing = _folder_with(tmp_path / "missing", {}, lambda s: s.pop("model.level_embed"))
+    missing = _folder_with(single_scale_folder, tmp_path / "missing", {},
+                           lambda s: s.pop("model.level_embed"))
     with pytest.raises(HFCheckpointError, match="lacks model.level_embed"):
         load_hf_checkpoint(missing)
 
 
-def test_tool_both_directions(tmp_path, capsys):
-    hf = _hf_model("single_scale")
-    hf.save_pretrained(tmp_path / "hf")
+def test_tool_both_directions(single_scale_folder, tmp_path, capsys):
+    shutil.copytree(single_scale_folder, tmp_path / "hf")
     assert convert_hf.main(["to-ours", str(tmp_path / "hf"), str(tmp_path / "ours.pth")]) == 0
     ours = load_checkpoint(str(tmp_path / "ours.pth"))
     assert ours["args"].num_feature_levels == 1 and len(ours["model"]) > 300
@@ -292,12 +315,15 @@ def _tiny_coco(root):
     return root
 
 
-def test_test_py_evaluates_a_hugging_face_folder(tmp_path, capsys):
+def test_test_py_evaluates_a_hugging_face_folder(single_scale_folder, tmp_path, capsys):
     """``test.py --resume FOLDER`` builds the folder's architecture and scores as the converted file does."""
-    from tests.test_test_py import script
+    import importlib.util
 
-    hf = _hf_model("single_scale")
-    hf.save_pretrained(tmp_path / "hf")
+    # test.py under another name: ``test`` is also the standard library's test package.
+    spec = importlib.util.spec_from_file_location("convert_hf_test_py", os.path.join(ROOT, "test.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    shutil.copytree(single_scale_folder, tmp_path / "hf")
     assert convert_hf.main(["to-ours", str(tmp_path / "hf"), str(tmp_path / "ours.pth")]) == 0
     run = ["--coco_path", str(_tiny_coco(tmp_path / "coco")), "--device", "cpu", "--num_workers", "0",
            "--batch_size", "1", "--max_eval_iters", "1"]
