@@ -48,13 +48,21 @@ class MHAttentionMap(nn.Module):
             nn.init.zeros_(lin.bias)
 
     def forward(self, q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
-        b, c, h, w = k.shape
-        m = self.num_heads
+        return self.weights(self.project_queries(q), self.project_keys(k), mask)
+
+    def project_queries(self, q: Tensor) -> Tensor:
+        """q (B, Q, C) -> scaled per-head queries (B, Q, M, D/M)."""
         q = self.q_linear(q) * self.scale  # (B, Q, D)
-        # the key projection is a 1x1 conv: (B, D, H, W)
+        return q.view(q.shape[0], q.shape[1], self.num_heads, -1)
+
+    def project_keys(self, k: Tensor) -> Tensor:
+        """k (B, C, H, W) -> per-head keys (B, M, D/M, H, W); the projection is a 1x1 conv."""
+        b, _, h, w = k.shape
         k = F.conv2d(k, self.k_linear.weight[:, :, None, None], self.k_linear.bias)
-        qh = q.view(b, q.shape[1], m, -1)  # (B, Q, M, D/M)
-        kh = k.view(b, m, -1, h, w)  # (B, M, D/M, H, W)
+        return k.view(b, self.num_heads, -1, h, w)
+
+    def weights(self, qh: Tensor, kh: Tensor, mask: Tensor | None = None) -> Tensor:
+        """qh (B, Q, M, D/M), kh (B, M, D/M, H, W), mask (B, H, W) -> (B, Q, M, H, W)."""
         weights = torch.einsum("bqmd,bmdhw->bqmhw", qh, kh)
         if mask is not None:
             weights = weights.masked_fill(mask[:, None, None], float("-inf"))
@@ -102,18 +110,88 @@ class MaskHeadFPN(nn.Module):
         """memory8 (B, C, H8, W8); attn (B, Q, M, H8, W8); feat8 (B, c8, H8, W8); feat4 (B, c4, H4, W4).
 
         Returns mask logits (B, Q, H4, W4)."""
+        return self.query_masks(attn, *self.image_terms(memory8, feat8, feat4))
+
+    def image_terms(self, memory8: Tensor, feat8: Tensor, feat4: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """What every query of an image shares: the normalised memory (B, dim8, H8, W8) and the adapted
+        layer2 (B, dim8, H8, W8) and layer1 (B, dim4, H4, W4) features."""
+        return self.gn_memory(self.memory_conv(memory8)), self.adapter8(feat8), self.adapter4(feat4)
+
+    def query_masks(self, attn: Tensor, per_image: Tensor, adapted8: Tensor, adapted4: Tensor) -> Tensor:
+        """attn (B, Q, M, H8, W8) and ``image_terms`` -> mask logits (B, Q, H4, W4)."""
         b, q, m, h8, w8 = attn.shape
-        per_image = self.gn_memory(self.memory_conv(memory8))  # (B, dim8, H8, W8)
         per_query = self.gn_attn(self.attn_conv(attn.reshape(b * q, m, h8, w8)))  # (B*Q, dim8, H8, W8)
         x = F.relu(per_query.view(b, q, -1, h8, w8) + per_image[:, None])
-        x = (x + self.adapter8(feat8)[:, None]).flatten(0, 1)
+        x = (x + adapted8[:, None]).flatten(0, 1)
         x = F.relu(self.gn8(self.conv8(x)))
         x = F.relu(self.gn_narrow(self.narrow(x)))  # (B*Q, dim4, H8, W8)
-        h4, w4 = feat4.shape[-2:]
+        h4, w4 = adapted4.shape[-2:]
         x = F.interpolate(x, size=(h4, w4), mode="nearest")
-        x = (x.view(b, q, -1, h4, w4) + self.adapter4(feat4)[:, None]).flatten(0, 1)
+        x = (x.view(b, q, -1, h4, w4) + adapted4[:, None]).flatten(0, 1)
         x = F.relu(self.gn4(self.conv4(x)))
         return self.out(x).view(b, q, h4, w4)
+
+
+def _in_query_chunks(fn, qh: Tensor, inputs: tuple[Tensor, ...], chunk_rows: int) -> Tensor:
+    """fn(qh[:, chunk], *inputs) over chunks of about ``chunk_rows`` (image, query) rows, concatenated
+    along the queries: qh (B, Q, ...) -> (B, Q, H4, W4). The chunk bounds come from shapes only."""
+    b, q = qh.shape[:2]
+    step = max(1, chunk_rows // max(b, 1))
+    return torch.cat([fn(qh[:, i : i + step], *inputs) for i in range(0, q, step)], 1)
+
+
+class _MatchedQueryMasks(torch.autograd.Function):
+    """The per-query part of the mask head, storing no activation: forward in query chunks without a
+    graph; backward recomputes, chunk by chunk, only the (image, query) rows whose mask logits
+    received a non-zero gradient (the loss reads the matched queries alone) and backpropagates
+    through them. A row with an all-zero gradient contributes exactly zero, so the gradients are those
+    of the full computation, up to the order of the sums.
+
+    apply(fn, chunk_rows, num_inputs, qh (B, Q, ...), *inputs (B, ...), *params): fn(qh, *inputs) ->
+    (B, Q, H4, W4) uses ``params`` (passed so that they get their gradients) through its modules.
+    fn must be deterministic (the mask head has no dropout).
+    """
+
+    @staticmethod
+    def forward(ctx, fn, chunk_rows: int, num_inputs: int, qh: Tensor, *rest: Tensor) -> Tensor:
+        inputs, params = rest[:num_inputs], rest[num_inputs:]
+        ctx.fn, ctx.chunk_rows, ctx.params = fn, chunk_rows, params
+        device_type = qh.device.type
+        # The backward pass runs outside the caller's autocast: recompute in the forward's precision.
+        ctx.autocast = (device_type, torch.get_autocast_dtype(device_type),
+                        torch.is_autocast_enabled(device_type))
+        ctx.save_for_backward(qh, *inputs)
+        return _in_query_chunks(fn, qh, inputs, chunk_rows)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        qh, *inputs = ctx.saved_tensors
+        leaves_need = ctx.needs_input_grad[3:]  # qh, inputs, params
+        params = ctx.params
+        sums = [torch.zeros_like(t) if need else None
+                for t, need in zip([qh, *inputs, *params], leaves_need)]
+        active = grad.flatten(2).ne(0).any(-1)  # (B, Q): the rows the loss reads
+        device_type, dtype, enabled = ctx.autocast
+        with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            for b in range(qh.shape[0]):
+                matched = active[b].nonzero()[:, 0]
+                for rows in matched.split(max(1, ctx.chunk_rows)) if len(matched) else ():
+                    leaves = [qh[b : b + 1, rows]] + [t[b : b + 1] for t in inputs]
+                    leaves = [t.detach().requires_grad_(need) for t, need in zip(leaves, leaves_need)]
+                    out = ctx.fn(leaves[0], *leaves[1:])
+                    wrt = [(i, t) for i, t in enumerate([*leaves, *params]) if leaves_need[i]]
+                    grads = torch.autograd.grad(out, [t for _, t in wrt], grad[b : b + 1, rows],
+                                                allow_unused=True)
+                    for (i, _), g in zip(wrt, grads):
+                        if g is None:
+                            continue
+                        if i == 0:
+                            sums[0][b : b + 1, rows] += g
+                        elif i <= len(inputs):
+                            sums[i][b : b + 1] += g
+                        else:
+                            sums[i] += g
+        return (None, None, None, *sums)
 
 
 class DeformableDETRsegm(nn.Module):
@@ -121,7 +199,15 @@ class DeformableDETRsegm(nn.Module):
 
     ``freeze_detr`` (the ``--frozen_weights`` recipe): the detector's parameters get no gradient and
     only ``bbox_attention`` and ``mask_head`` train; otherwise everything trains jointly.
+
+    Memory: the per-query maps of the head (about 38 MB of stored activations per query and image at
+    800x1333, docs/benchmarks.md) are computed ``mask_chunk_rows`` (image, query) rows at a time and
+    not stored; in training the backward pass recomputes only the queries the loss reads (the matched
+    ones). ``mask_chunk_rows`` 0 computes every query at once and stores everything (the plain
+    autograd graph: fastest where it fits).
     """
+
+    mask_chunk_rows = 64
 
     def __init__(self, detr: DeformableDETR, freeze_detr: bool = False):
         super().__init__()
@@ -160,11 +246,25 @@ class DeformableDETRsegm(nn.Module):
         if t.num_streams > 1:  # stream 1 holds the same B images
             feat8 = feat8.repeat(t.num_streams, 1, 1, 1)
             feat4 = feat4.repeat(t.num_streams, 1, 1, 1)
-        attn = self.bbox_attention(hs, memory8, mask=mask8)  # (B', Q, M, H8, W8)
+        qh = self.bbox_attention.project_queries(hs)  # (B', Q, M, D/M)
+        kh = self.bbox_attention.project_keys(memory8)  # (B', M, D/M, H8, W8)
+        inputs = (kh, mask8, (~mask8).flatten(1).sum(1), *self.mask_head.image_terms(memory8, feat8, feat4))
+        if self.mask_chunk_rows <= 0:
+            return self._query_masks(qh, *inputs)
+        params = [p for m in (self.bbox_attention, self.mask_head) for p in m.parameters() if p.requires_grad]
+        if torch.is_grad_enabled() and (params or any(t.requires_grad for t in (qh, *inputs))):
+            return _MatchedQueryMasks.apply(self._query_masks, self.mask_chunk_rows, len(inputs), qh, *inputs,
+                                            *params)
+        return _in_query_chunks(self._query_masks, qh, inputs, self.mask_chunk_rows)
+
+    def _query_masks(self, qh: Tensor, kh: Tensor, mask8: Tensor, valid: Tensor, per_image: Tensor,
+                     adapted8: Tensor, adapted4: Tensor) -> Tensor:
+        """Mask logits (B, Q, H4, W4) of the queries qh (B, Q, M, D/M); valid (B,) unpadded positions."""
+        attn = self.bbox_attention.weights(qh, kh, mask=mask8)  # (B, Q, M, H8, W8)
         # in units of the uniform weight: 1 everywhere for a query that looks nowhere in particular,
         # at any image size
-        attn = attn * (~mask8).flatten(1).sum(1).to(attn.dtype).view(b2, 1, 1, 1, 1)
-        return self.mask_head(memory8, attn, feat8, feat4)
+        attn = attn * valid.to(attn.dtype).view(-1, 1, 1, 1, 1)
+        return self.mask_head.query_masks(attn, per_image, adapted8, adapted4)
 
 
 def _query_selection(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
