@@ -345,11 +345,11 @@ def main(args) -> dict:
     np.random.seed(seed)
     random.seed(seed)
 
-    from datasets import build_dataset, dataset_metadata, get_coco_api_from_dataset
+    from datasets import build_dataset, get_coco_api_from_dataset
     from models import build_model
     from models.backbone import load_pretrained_backbone
 
-    model, criterion, postprocessors = build_model(args, dataset_metadata(args))
+    model, criterion, postprocessors = build_model(args)  # the data set's metadata from --dataset_file
     load_pretrained_backbone(model, args)  # building loads no weights
     model.to(device)
     model_without_ddp = model
