@@ -256,7 +256,7 @@ class Compose:
         return f"{self.__class__.__name__}({inner}\n)"
 
 
-# The published COCO recipe (SPEC section 6).
+# The published COCO recipe (docs/design/model.md, training recipe).
 COCO_SCALES = tuple(range(480, 801, 32))
 COCO_MAX_SIZE = 1333
 COCO_CROP_RESIZE = (400, 500, 600)

@@ -1,4 +1,4 @@
-"""BatchFormerV2: a transformer layer that attends across the images of a mini-batch (SPEC section 5).
+"""BatchFormerV2: a layer that attends across the images of a mini-batch (docs/design/two_streams.md).
 
 The layer is a plain ``nn.TransformerEncoderLayer(d_model, nhead=4, dim_feedforward=d_model,
 dropout=0.5)`` (an ``nn.TransformerEncoder`` of them when deeper), so published checkpoints load.

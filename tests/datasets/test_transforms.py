@@ -8,7 +8,7 @@ from datasets import transforms as T
 
 
 def _reference_size(w, h, size, max_size):
-    """Independent statement of SPEC 6's rule: returns (h, w)."""
+    """Independent statement of the published size rule (docs/design/model.md): returns (h, w)."""
     short, long = min(w, h), max(w, h)
     if long / short * size > max_size:
         size = round(max_size * short / long)

@@ -1,4 +1,4 @@
-"""BatchFormerV2: attention across the batch, the two streams, and the flags' fixes (SPEC section 5)."""
+"""BatchFormerV2 across the batch: the two streams and the flags' fixes (docs/design/two_streams.md)."""
 
 import pytest
 import torch

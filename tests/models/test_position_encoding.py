@@ -1,4 +1,4 @@
-"""Position encodings against a float64 loop written from the formulas of SPEC section 4."""
+"""Position encodings against a float64 loop written from the formulas in docs/design/model.md."""
 
 import math
 

@@ -1,7 +1,7 @@
 """State dicts of the eight published flag sets: keys, order, shapes and shared tensors.
 
 The reference layouts in tests/data/state_dict are those of the public checkpoints (see
-docs/checkpoints.md): `<config>.json` lists `[name, shape]` in state-dict order, `aliases.json` the
+docs/design/checkpoints.md): `<config>.json` lists `[name, shape]` in state-dict order, `aliases.json` the
 key groups that are one tensor.
 """
 

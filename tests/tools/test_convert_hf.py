@@ -227,7 +227,7 @@ def test_timm_backbone_naming(tmp_path, monkeypatch):
 
 def test_refine_class_heads_per_layer_are_kept(tmp_path):
     """transformers ties a +refine model's class heads to the first; the published models have one per
-    layer (SPEC section 4): distinct heads go out and come back distinct, and transformers loads them."""
+    layer (docs/design/model.md): distinct heads go out and come back distinct; transformers loads them."""
     hf = _hf_model("refine")
     hf.save_pretrained(tmp_path / "hf")
     checkpoint = load_hf_checkpoint(str(tmp_path / "hf"))
