@@ -2,10 +2,12 @@ import pytest
 import torch
 
 from benchmark import benchmark, get_benchmark_arg_parser
+from tests.tiny_model import tiny_flags
 
-SMALL = ["--device", "cpu", "--no_pretrained_backbone", "--backbone", "resnet18", "--enc_layers", "1",
-         "--dec_layers", "1", "--num_queries", "10", "--hidden_dim", "32", "--dim_feedforward", "32",
-         "--nheads", "4"]
+SMALL = tiny_flags(
+    "--dim_feedforward", "32", "--nheads", "4", "--num_feature_levels", "4", "--dec_n_points", "4",
+    "--enc_n_points", "4", "--dataset_file", "coco"
+)
 
 
 def test_defaults_follow_the_public_benchmark():

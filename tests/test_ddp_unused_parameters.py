@@ -10,12 +10,13 @@ import torch.distributed as dist
 import main as main_module
 from engine import train_one_epoch
 from models import build_model
+from tests.tiny_model import tiny_flags
 from util.misc import nested_tensor_from_tensor_list
 
-TINY = ["--dataset_file", "toy", "--device", "cpu", "--backbone", "resnet18", "--no_pretrained_backbone",
-        "--hidden_dim", "32", "--dim_feedforward", "64", "--enc_layers", "2", "--dec_layers", "2",
-        "--nheads", "2", "--num_queries", "10", "--enc_n_points", "2", "--dec_n_points", "2",
-        "--num_workers", "0", "--print_freq", "1"]
+TINY = tiny_flags(
+    "--enc_layers", "2", "--dec_layers", "2", "--num_workers", "0", "--print_freq", "1",
+    "--num_feature_levels", "4"
+)
 
 CONFIGS = {
     "base": [],

@@ -17,13 +17,11 @@ import torch
 
 import main as main_module
 from datasets.toy import ensure_toy_dataset
+from tests.tiny_model import tiny_flags
 from util.checkpoint import CheckpointError, load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--dataset_file", "toy", "--device", "cpu", "--backbone", "resnet18", "--no_pretrained_backbone",
-        "--hidden_dim", "32", "--dim_feedforward", "64", "--enc_layers", "1", "--dec_layers", "1",
-        "--nheads", "2", "--num_queries", "10", "--num_feature_levels", "1", "--enc_n_points", "2",
-        "--dec_n_points", "2", "--num_workers", "0", "--print_freq", "1"]
+TINY = tiny_flags("--num_workers", "0", "--print_freq", "1")
 
 
 def _args(output_dir, *extra) -> argparse.Namespace:

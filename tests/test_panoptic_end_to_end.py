@@ -10,14 +10,14 @@ from datasets import build_dataset, toy_panoptic
 from datasets.panoptic_eval import pq_compute
 from engine import evaluate
 from models import build_model
+from tests.tiny_model import tiny_flags
 from util.checkpoint import load_checkpoint
 from util.misc import collate_fn
 
-TINY = ["--dataset_file", "toy_panoptic", "--device", "cpu", "--backbone", "resnet18",
-        "--no_pretrained_backbone", "--hidden_dim", "32", "--dim_feedforward", "32", "--enc_layers", "1",
-        "--dec_layers", "1",
-        "--nheads", "2", "--num_queries", "8", "--num_feature_levels", "3", "--enc_n_points", "2",
-        "--dec_n_points", "2", "--num_workers", "0", "--print_freq", "1", "--masks"]
+TINY = tiny_flags(
+    "--dataset_file", "toy_panoptic", "--dim_feedforward", "32", "--num_queries", "8",
+    "--num_feature_levels", "3", "--num_workers", "0", "--print_freq", "1", "--masks"
+)
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,11 @@ import pytest
 import torch
 
 import main as main_module
+from tests.tiny_model import tiny_flags
 from util.checkpoint import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--dataset_file", "toy", "--device", "cpu", "--backbone", "resnet18", "--no_pretrained_backbone",
-        "--hidden_dim", "32", "--dim_feedforward", "64", "--enc_layers", "1", "--dec_layers", "1",
-        "--nheads", "2", "--num_queries", "10", "--num_feature_levels", "1", "--enc_n_points", "2",
-        "--dec_n_points", "2", "--batch_size", "2", "--max_iters_per_epoch", "2", "--max_eval_iters", "1",
-        "--print_freq", "100"]
+TINY = tiny_flags("--max_iters_per_epoch", "2", "--max_eval_iters", "1", "--print_freq", "100")
 
 
 def _args(output_dir, *extra) -> argparse.Namespace:

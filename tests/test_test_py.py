@@ -10,14 +10,14 @@ import pytest
 import torch
 
 import main as main_module
+from tests.tiny_model import tiny_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tiny model of tests/test_end_to_end.py, but with flags away from every default that has a tensor
 # or changes the forward: test.py has to find each of them in the checkpoint.
-MODEL = ["--dataset_file", "toy", "--backbone", "resnet18", "--no_pretrained_backbone", "--hidden_dim", "32",
-         "--dim_feedforward", "64", "--enc_layers", "1", "--dec_layers", "2", "--nheads", "2",
-         "--num_queries", "10", "--num_feature_levels", "1", "--enc_n_points", "2", "--dec_n_points", "3",
-         "--with_box_refine", "--position_embedding_scale", "5.0"]
+MODEL = tiny_flags(
+    "--dec_layers", "2", "--dec_n_points", "3", "--with_box_refine", "--position_embedding_scale", "5.0"
+)
 RUN = ["--device", "cpu", "--num_workers", "0", "--print_freq", "1", "--batch_size", "2",
        "--max_eval_iters", "1"]
 

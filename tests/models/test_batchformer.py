@@ -11,17 +11,17 @@ from models.batchformer import (
     build_batchformer,
     resolve_insert_indices,
 )
+from tests.tiny_model import tiny_flags
 from util.args import get_args_parser
 from util.misc import nested_tensor_from_tensor_list
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-SMALL = (
-    "--no_pretrained_backbone --backbone resnet18 --hidden_dim 32 --dim_feedforward 64 "
-    "--enc_layers 2 --dec_layers 2 --num_queries 6 --nheads 4"
-    " --enc_n_points 2 --dec_n_points 2 --dataset_file toy --dropout 0"
-).split()
+SMALL = tiny_flags(
+    "--enc_layers", "2", "--dec_layers", "2", "--num_queries", "6", "--nheads", "4", "--dropout", "0",
+    "--num_feature_levels", "4"
+)
 
 
 def _model(*flags):

@@ -7,16 +7,17 @@ from models import build_model
 from models.build import build
 from models.criterion import SetCriterion
 from models.deformable_detr import DeformableDETR, PostProcess
+from tests.tiny_model import tiny_flags
 from util.args import get_args_parser
 from util.metadata import DatasetMetadata
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-SMALL = (
-    "--no_pretrained_backbone --backbone resnet18 --hidden_dim 32 --dim_feedforward 64 --enc_layers "
-    "2 --dec_layers 3 --num_queries 5 --nheads 4 --dataset_file toy"
-).split()
+SMALL = tiny_flags(
+    "--enc_layers", "2", "--dec_layers", "3", "--num_queries", "5", "--nheads", "4",
+    "--num_feature_levels", "4", "--dec_n_points", "4", "--enc_n_points", "4"
+)
 
 
 def _args(*flags):

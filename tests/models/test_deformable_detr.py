@@ -8,17 +8,17 @@ from torch import nn
 
 from models import build_model
 from models.deformable_detr import MLP, DeformableDETR, num_classes_for
+from tests.tiny_model import tiny_flags
 from util.args import get_args_parser
 from util.misc import inverse_sigmoid, nested_tensor_from_tensor_list
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-SMALL = (
-    "--no_pretrained_backbone --backbone resnet18 --hidden_dim 32 --dim_feedforward 64 "
-    "--enc_layers 2 --dec_layers 3 --num_queries 5 --nheads 4"
-    " --enc_n_points 2 --dec_n_points 2 --dataset_file toy"
-).split()
+SMALL = tiny_flags(
+    "--enc_layers", "2", "--dec_layers", "3", "--num_queries", "5", "--nheads", "4",
+    "--num_feature_levels", "4"
+)
 CONFIGS = {
     "multi_scale": [],
     "single_scale": ["--num_feature_levels", "1"],

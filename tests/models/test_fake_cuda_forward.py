@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from models import build_model
+from tests.tiny_model import tiny_flags
 from util.args import get_args_parser
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = (
-    "--no_pretrained_backbone --backbone resnet18 --hidden_dim 32 --dim_feedforward 64 "
-    "--enc_layers 2 --dec_layers 2 --num_queries 5 --nheads 4"
-    " --enc_n_points 2 --dec_n_points 2 --dataset_file toy"
-).split()
+TINY = tiny_flags(
+    "--enc_layers", "2", "--dec_layers", "2", "--num_queries", "5", "--nheads", "4",
+    "--num_feature_levels", "4"
+)
 CONFIGS = {
     "base": [],
     "two_stage": ["--with_box_refine", "--two_stage"],

@@ -12,13 +12,13 @@ from datasets.panoptic_eval import rgb2id
 from models import build_model
 from models.postprocess import PostProcess
 from models.segmentation import MaskHeadFPN, MHAttentionMap, PostProcessPanoptic, PostProcessSegm
+from tests.tiny_model import tiny_flags
 from util.args import get_args_parser
 
-TINY = ["--dataset_file", "toy_panoptic", "--device", "cpu", "--backbone", "resnet18",
-        "--no_pretrained_backbone", "--hidden_dim", "32", "--dim_feedforward", "32", "--enc_layers", "1",
-        "--dec_layers", "2",
-        "--nheads", "2", "--num_queries", "5", "--num_feature_levels", "3", "--enc_n_points", "2",
-        "--dec_n_points", "2", "--masks", "--dropout", "0"]
+TINY = tiny_flags(
+    "--dataset_file", "toy_panoptic", "--dim_feedforward", "32", "--dec_layers", "2", "--num_queries",
+    "5", "--num_feature_levels", "3", "--masks", "--dropout", "0"
+)
 
 
 def _build(*extra):

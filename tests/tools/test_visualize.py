@@ -6,12 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.tiny_model import tiny_flags
 from tools import visualize
 from util.args import get_args_parser
 
-TINY = ["--dataset_file", "toy", "--backbone", "resnet18", "--no_pretrained_backbone", "--hidden_dim", "32",
-        "--dim_feedforward", "32", "--enc_layers", "1", "--dec_layers", "1", "--nheads", "2",
-        "--num_queries", "5", "--num_feature_levels", "1", "--enc_n_points", "2", "--dec_n_points", "2"]
+TINY = tiny_flags("--dim_feedforward", "32", "--num_queries", "5")
 
 
 def test_draw_boxes_above_threshold_only():

@@ -9,17 +9,18 @@ from pathlib import Path
 import pytest
 
 import main
+from tests.tiny_model import tiny_flags
 from util.args import args_notices, args_problem, get_args_parser, validate_args
 
 REPO = Path(__file__).resolve().parents[2]
 
 # A small working toy run (configs/toy_demo.sh, narrower); each case below breaks one thing.
-BASE = [
-    "--dataset_file", "toy", "--device", "cpu", "--num_workers", "0", "--backbone", "resnet18",
-    "--no_pretrained_backbone", "--lr_backbone", "0", "--hidden_dim", "64", "--dim_feedforward", "128",
-    "--nheads", "4", "--enc_layers", "2", "--dec_layers", "2", "--num_feature_levels", "3",
-    "--num_queries", "10", "--epochs", "1", "--max_iters_per_epoch", "1", "--max_eval_iters", "1",
-]
+BASE = tiny_flags(
+    "--num_workers", "0", "--lr_backbone", "0", "--hidden_dim", "64", "--dim_feedforward", "128",
+    "--nheads", "4", "--enc_layers", "2", "--dec_layers", "2", "--num_feature_levels", "3", "--epochs",
+    "1", "--max_iters_per_epoch", "1", "--max_eval_iters", "1", "--dec_n_points", "4", "--enc_n_points",
+    "4"
+)
 
 
 def _parse(*argv: str) -> argparse.Namespace:

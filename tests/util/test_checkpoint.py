@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.tiny_model import tiny_flags
 from util import checkpoint as ckpt
 from util.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 
@@ -377,10 +378,7 @@ def test_missing_report_resolves_aliases(capsys):
 
 # --- checkpoints of another architecture -----------------------------------------------------------
 
-TINY = ["--dataset_file", "toy", "--device", "cpu", "--backbone", "resnet18", "--no_pretrained_backbone",
-        "--hidden_dim", "32", "--dim_feedforward", "64", "--enc_layers", "2", "--dec_layers", "2",
-        "--nheads", "2", "--num_queries", "10", "--num_feature_levels", "1", "--enc_n_points", "2",
-        "--dec_n_points", "2"]
+TINY = tiny_flags("--enc_layers", "2", "--dec_layers", "2")
 
 
 def _tiny_args(*extra: str) -> argparse.Namespace:
