@@ -53,9 +53,17 @@ def build_param_groups(model: torch.nn.Module, args) -> list[dict]:
     """The three groups of the published recipe; parameters that do not require grad are left out.
 
     backbone.0 (the CNN) at lr_backbone; the sampling-offset and reference-point projections at
-    lr * lr_linear_proj_mult; everything else at lr.
+    lr * lr_linear_proj_mult; everything else at lr. A fourth group takes the BatchFormer's parameters
+    at lr * bf_lr and bf_weight_decay only when these flags differ from the rest's values: with the
+    defaults the groups stay the published three, so saved optimizer states keep fitting.
     """
+    from models.batchformer import is_batchformer_parameter
+
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    separate_bf = args.bf_lr != 1.0 or args.bf_weight_decay not in (None, args.weight_decay)
+    bf = [p for n, p in named if separate_bf and is_batchformer_parameter(n)]
+    if bf:
+        named = [(n, p) for n, p in named if not is_batchformer_parameter(n)]
     backbone = [p for n, p in named if match_name_keywords(n, args.lr_backbone_names)]
     linear_proj = [p for n, p in named if not match_name_keywords(n, args.lr_backbone_names)
                    and match_name_keywords(n, args.lr_linear_proj_names)]
@@ -65,7 +73,9 @@ def build_param_groups(model: torch.nn.Module, args) -> list[dict]:
         {"params": rest, "lr": args.lr},
         {"params": backbone, "lr": args.lr_backbone},
         {"params": linear_proj, "lr": args.lr * args.lr_linear_proj_mult},
-    ]
+    ] + ([{"params": bf, "lr": args.lr * args.bf_lr,
+           "weight_decay": args.weight_decay if args.bf_weight_decay is None else args.bf_weight_decay}]
+         if bf else [])
 
 
 def build_optimizer(model: torch.nn.Module, args) -> tuple[torch.optim.Optimizer, object]:
@@ -176,7 +186,8 @@ def _resume(args, model, optimizer, scheduler, scaler) -> dict | None:
         raise CheckpointError(
             f"--resume {args.resume}: the optimizer state does not fit this model's parameter groups "
             "(it was trained with a different configuration, or different --lr_backbone_names / "
-            "--lr_linear_proj_names / --lr_backbone); resuming would mix up the optimizer's moments")
+            "--lr_linear_proj_names / --lr_backbone, or --bf_lr / --bf_weight_decay, which give the "
+            "BatchFormer a group of its own); resuming would mix up the optimizer's moments")
     optimizer.load_state_dict(checkpoint["optimizer"])
     _resume_schedule(optimizer, scheduler, checkpoint["lr_scheduler"])
     if scaler is not None and "scaler" in checkpoint:
