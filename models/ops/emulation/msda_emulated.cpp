@@ -108,6 +108,12 @@ __global__ void shifted_write_kernel(msda::global_ptr<float> out, int shift) {
   out[t + shift] = static_cast<float>(t);
 }
 
+// Copies x[t + shift] to out[t]: with shift 1 the last thread reads one past the end of x.
+__global__ void shifted_read_kernel(msda::global_ptr<const float> x, msda::global_ptr<float> out, int shift) {
+  const int t = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  out[t] = x[t + shift];
+}
+
 at::Tensor run_shuffle(const std::string& mode, int64_t threads, int64_t arg, int64_t width, int64_t skip) {
   at::Tensor out = at::empty({threads}, at::kLong);
   const auto o = EmulatedLauncher::output<int64_t>(out, "out");
@@ -152,6 +158,13 @@ at::Tensor run_shifted_write(int64_t threads, int64_t shift) {
   return out;
 }
 
+at::Tensor run_shifted_read(const at::Tensor& x, int64_t shift) {
+  at::Tensor out = at::zeros({x.numel()}, at::kFloat);
+  EmulatedLauncher::launch(shifted_read_kernel, 1, static_cast<int>(x.numel()), EmulatedLauncher::input<float>(x, "x"),
+                           EmulatedLauncher::output<float>(out, "out"), static_cast<int>(shift));
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -163,4 +176,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("run_ballot", &run_ballot, "Test kernel: __ballot_sync of x > 0");
   m.def("run_block_sum", &run_block_sum, "Test kernel: per-block sums through __shared__ and __syncthreads");
   m.def("run_shifted_write", &run_shifted_write, "Test kernel: thread t writes out[t + shift]");
+  m.def("run_shifted_read", &run_shifted_read, "Test kernel: thread t reads x[t + shift]");
 }

@@ -1,8 +1,8 @@
-"""Multi-scale deformable attention: the Python front of the op (SPEC section 7).
+"""Multi-scale deformable attention: the Python front of the op (docs/design/op.md).
 
-``ms_deform_attn`` checks its inputs, puts them in a dtype the backends support and runs the
-PyTorch custom op ``msda::ms_deform_attn``, whose autograd is the custom op
-``msda::ms_deform_attn_backward``. Autograd, ``torch.compile(fullgraph=True)`` and
+``ms_deform_attn`` checks its inputs (once, with ``validation.py``), puts them in a dtype the
+backends support and runs the PyTorch custom op ``msda::ms_deform_attn``, whose autograd is the
+custom op ``msda::ms_deform_attn_backward``. Autograd, ``torch.compile(fullgraph=True)`` and
 ``torch.export`` therefore see one opaque node with a fake (shape-only) implementation. Inside
 the op the backend is chosen by device (see ``extension.py``): the compiled CPU or CUDA kernels
 of ``MultiScaleDeformableAttention``, or the pure-PyTorch ``grid_sample`` path.
@@ -22,6 +22,7 @@ from torch import Tensor
 
 from . import extension
 from .level_shapes import host_values
+from .validation import check_function_inputs, check_levels
 
 __all__ = ["MSDeformAttnFunction", "ms_deform_attn", "ms_deform_attn_core_pytorch"]
 
@@ -99,109 +100,6 @@ def _core_pytorch_backward(
     return grad_value.contiguous(), grad_loc.contiguous(), grad_weights.contiguous()
 
 
-def _shape_str(t: Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
-
-
-def _check_inputs(
-    value: Tensor,
-    spatial_shapes: Tensor,
-    level_start_index: Tensor,
-    sampling_locations: Tensor,
-    attention_weights: Tensor,
-    im2col_step: int,
-) -> None:
-    """Shape, dtype and device checks that need no tensor data (they trace under torch.compile)."""
-    named = {
-        "value": value,
-        "value_spatial_shapes": spatial_shapes,
-        "value_level_start_index": level_start_index,
-        "sampling_locations": sampling_locations,
-        "attention_weights": attention_weights,
-    }
-    for name, t in named.items():
-        if not isinstance(t, Tensor):
-            raise TypeError(f"ms_deform_attn: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if value.dim() != 4:
-        raise ValueError(
-            f"ms_deform_attn: value must have shape (N, S, n_heads, head_dim), got {_shape_str(value)}"
-        )
-    n, _, n_heads, _ = value.shape
-    if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
-        raise ValueError(
-            "ms_deform_attn: value_spatial_shapes must have shape (n_levels, 2) holding (H, W), "
-            f"got {_shape_str(spatial_shapes)}"
-        )
-    n_levels = spatial_shapes.shape[0]
-    for name in ("value_spatial_shapes", "value_level_start_index"):
-        t = named[name]
-        if t.dtype != torch.int64:
-            raise TypeError(f"ms_deform_attn: {name} must be int64 (torch.long), got {t.dtype}")
-    if tuple(level_start_index.shape) != (n_levels,):
-        raise ValueError(
-            f"ms_deform_attn: value_level_start_index must have shape ({n_levels},) for {n_levels} "
-            f"levels, got {_shape_str(level_start_index)}"
-        )
-    if sampling_locations.dim() != 6:
-        raise ValueError(
-            "ms_deform_attn: sampling_locations must have shape (N, Lq, n_heads, n_levels, n_points, 2), "
-            f"got {_shape_str(sampling_locations)}"
-        )
-    n_queries, n_points = sampling_locations.shape[1], sampling_locations.shape[4]
-    expected_loc = (n, n_queries, n_heads, n_levels, n_points, 2)
-    if tuple(sampling_locations.shape) != expected_loc:
-        raise ValueError(
-            f"ms_deform_attn: sampling_locations must have shape (N, Lq, n_heads, n_levels, n_points, 2) = "
-            f"{expected_loc} for value {_shape_str(value)} and {n_levels} levels, "
-            f"got {_shape_str(sampling_locations)}"
-        )
-    expected_w = expected_loc[:-1]
-    if tuple(attention_weights.shape) != expected_w:
-        raise ValueError(
-            f"ms_deform_attn: attention_weights must have shape (N, Lq, n_heads, n_levels, n_points) = "
-            f"{expected_w}, got {_shape_str(attention_weights)}"
-        )
-    for name in ("value", "sampling_locations", "attention_weights"):
-        if not named[name].is_floating_point():
-            raise TypeError(
-                f"ms_deform_attn: {name} must be a floating-point tensor, got {named[name].dtype}"
-            )
-    for name, t in named.items():
-        if t.device != value.device:
-            raise ValueError(
-                f"ms_deform_attn: every input must be on the device of value ({value.device}); "
-                f"{name} is on {t.device}"
-            )
-    if isinstance(im2col_step, bool) or not isinstance(im2col_step, int) or im2col_step <= 0:
-        raise ValueError(f"ms_deform_attn: im2col_step must be a positive int, got {im2col_step!r}")
-
-
-def _check_levels(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor) -> None:
-    """Checks that need the level sizes themselves; run inside the op, on real tensors.
-
-    The sizes come from ``host_values``: no device read for level tensors made by ``level_tensors``
-    (what the model passes), one read per distinct device tensor otherwise.
-    """
-    shapes = host_values(spatial_shapes)
-    if any(h <= 0 or w <= 0 for h, w in shapes):
-        raise ValueError(
-            f"ms_deform_attn: every level of value_spatial_shapes must be positive, got {shapes}"
-        )
-    sizes = [h * w for h, w in shapes]
-    if sum(sizes) != value.shape[1]:
-        raise ValueError(
-            f"ms_deform_attn: the levels of value_spatial_shapes {shapes} hold sum(H*W) = {sum(sizes)} "
-            f"positions, but value has S = {value.shape[1]} (value shape {_shape_str(value)})"
-        )
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    given_starts = host_values(level_start_index)
-    if given_starts != starts:
-        raise ValueError(
-            f"ms_deform_attn: value_level_start_index must be {starts} for value_spatial_shapes {shapes}, "
-            f"got {given_starts}"
-        )
-
-
 def _compute_dtype(value: Tensor) -> torch.dtype:
     """The dtype the backends run in: value's, except half precision on CPU (float32 there)."""
     if value.device.type == "cpu" and value.dtype in (torch.float16, torch.bfloat16):
@@ -224,7 +122,7 @@ def _forward_impl(
 ) -> Tensor:
     """The forward custom op's real implementation (a plain function, so tests can run it on fake
     tensors where the custom op would run its shape-only fake)."""
-    _check_levels(value, spatial_shapes, level_start_index)
+    check_levels(value, spatial_shapes, level_start_index)
     kernels = extension.kernels_for(value.device)
     if kernels is None or value.shape[0] * sampling_locations.shape[1] == 0:
         # Half-precision values (CUDA) meet float32 locations: grid_sample wants one dtype.
@@ -320,14 +218,9 @@ def _prepare_inputs(
     value_level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
-    im2col_step: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Validate the inputs; return them contiguous, value in the compute dtype, locations and weights
-    in its coordinate dtype (float32, or float64 for float64 values)."""
-    _check_inputs(
-        value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights,
-        im2col_step,
-    )
+    """The validated inputs contiguous, value in the compute dtype, locations and weights in its
+    coordinate dtype (float32, or float64 for float64 values)."""
     dtype = _compute_dtype(value)
     coord_dtype = _coord_dtype(dtype)
     return (
@@ -337,6 +230,22 @@ def _prepare_inputs(
         sampling_locations.to(coord_dtype).contiguous(),
         attention_weights.to(coord_dtype).contiguous(),
     )
+
+
+def run_validated(
+    value: Tensor,
+    value_spatial_shapes: Tensor,
+    value_level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    im2col_step: int,
+) -> Tensor:
+    """``ms_deform_attn`` for inputs a caller has already validated (``MSDeformAttn`` builds its own,
+    consistent by construction); only the level sizes are still checked, inside the op."""
+    inputs = _prepare_inputs(
+        value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights
+    )
+    return _forward_op(*inputs, im2col_step).to(value.dtype)
 
 
 def ms_deform_attn(
@@ -354,11 +263,9 @@ def ms_deform_attn(
     (N, Lq, M, L, P) -> (N, Lq, M*D) in the dtype of value. Any batch size works with any
     ``im2col_step`` (the number of images the compiled kernels process at once).
     """
-    inputs = _prepare_inputs(
-        value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights,
-        im2col_step,
-    )
-    return _forward_op(*inputs, im2col_step).to(value.dtype)
+    inputs = (value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights)
+    check_function_inputs(*inputs, im2col_step)
+    return run_validated(*inputs, im2col_step)
 
 
 class MSDeformAttnFunction(torch.autograd.Function):
@@ -378,9 +285,12 @@ class MSDeformAttnFunction(torch.autograd.Function):
         attention_weights: Tensor,
         im2col_step: int,
     ) -> Tensor:
-        inputs = _prepare_inputs(
+        check_function_inputs(
             value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights,
             im2col_step,
+        )
+        inputs = _prepare_inputs(
+            value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights
         )
         ctx.save_for_backward(*inputs)
         ctx.im2col_step = im2col_step

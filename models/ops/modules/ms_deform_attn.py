@@ -1,4 +1,4 @@
-"""The multi-scale deformable attention layer of Deformable DETR (SPEC sections 4 and 7)."""
+"""The multi-scale deformable attention layer of Deformable DETR (docs/design/op.md)."""
 
 import math
 import warnings
@@ -6,7 +6,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from ..functions import ms_deform_attn
+from ..functions.ms_deform_attn_func import run_validated
+from ..functions.validation import check_module_inputs
 
 
 class MSDeformAttn(nn.Module):
@@ -80,38 +81,16 @@ class MSDeformAttn(nn.Module):
         input_spatial_shapes (L, 2) as (H, W); input_level_start_index (L,); input_padding_mask
         (N, S), True on padding -> (N, Lq, C).
         """
+        check_module_inputs(
+            self.d_model, self.n_levels, query, reference_points, input_flatten, input_spatial_shapes,
+            input_level_start_index, input_padding_mask,
+        )
         m, levels, points = self.n_heads, self.n_levels, self.n_points
-        if query.dim() != 3 or query.shape[-1] != self.d_model:
-            raise ValueError(f"MSDeformAttn: query must be (N, Lq, {self.d_model}), got {tuple(query.shape)}")
         n, n_queries, _ = query.shape
-        if input_flatten.dim() != 3 or input_flatten.shape[0] != n or input_flatten.shape[-1] != self.d_model:
-            raise ValueError(
-                f"MSDeformAttn: input_flatten must be (N={n}, S, {self.d_model}), "
-                f"got {tuple(input_flatten.shape)}"
-            )
-        if (
-            reference_points.dim() != 4
-            or tuple(reference_points.shape[:3]) != (n, n_queries, levels)
-            or (reference_points.shape[-1] not in (2, 4))
-        ):
-            raise ValueError(
-                f"MSDeformAttn: reference_points must be (N={n}, Lq={n_queries}, n_levels={levels}, 2) "
-                f"points or (..., 4) boxes, got {tuple(reference_points.shape)}"
-            )
-        if tuple(input_spatial_shapes.shape) != (levels, 2):
-            raise ValueError(
-                f"MSDeformAttn: input_spatial_shapes must be (n_levels={levels}, 2), "
-                f"got {tuple(input_spatial_shapes.shape)}"
-            )
         s = input_flatten.shape[1]
 
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
-            if tuple(input_padding_mask.shape) != (n, s):
-                raise ValueError(
-                    f"MSDeformAttn: input_padding_mask must be (N={n}, S={s}), "
-                    f"got {tuple(input_padding_mask.shape)}"
-                )
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
         value = value.view(n, s, m, self.d_model // m)
 
@@ -128,7 +107,8 @@ class MSDeformAttn(nn.Module):
             # Offsets are in units of the box: P steps reach half its width/height.
             sampling_locations = ref[..., :2] + offsets / points * ref[..., 2:] * 0.5
 
-        output = ms_deform_attn(
+        # Built here from checked inputs, so the op's own front checks are not repeated.
+        output = run_validated(
             value,
             input_spatial_shapes,
             input_level_start_index,

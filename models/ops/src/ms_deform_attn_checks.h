@@ -1,7 +1,9 @@
-// Input checks shared by the CPU and CUDA entry points. The Python front validates first with
-// friendlier messages; these checks keep a direct call to the compiled module from reading out of
-// bounds. They look only at metadata (no device synchronisation); that the level sizes add up to
-// the value length is left to the front, which has the shapes on the host.
+// Memory-safety checks shared by the CPU and CUDA entry points. Users' mistakes are reported by the
+// Python front (models/ops/functions/validation.py), which names the tensor; what stays here is what
+// keeps a direct call of the compiled module from reading or writing outside its tensors: devices,
+// contiguity, ranks and sizes that the kernels' indexing relies on, dtypes, a positive im2col_step.
+// They look only at metadata (no device synchronisation). The level sizes are data: the kernels skip
+// a level that does not fit inside value (msda::level_in_bounds) instead.
 #pragma once
 
 #include <ATen/ATen.h>

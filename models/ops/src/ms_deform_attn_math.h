@@ -41,6 +41,15 @@ struct AccType<double> {
 MSDA_HOST_DEVICE float floor_acc(float v) { return floorf(v); }
 MSDA_HOST_DEVICE double floor_acc(double v) { return floor(v); }
 
+// Whether a level of H x W pixels starting at pixel `start` lies inside a value of S pixels. The
+// Python front rejects level tensors that do not describe value exactly; the kernels check this much
+// too (once per level) and skip a level that fails, so that a direct call of the compiled module with
+// wrong level tensors reads and writes nothing outside its tensors. Written without H * W, which
+// could overflow for arbitrary inputs.
+MSDA_HOST_DEVICE bool level_in_bounds(int64_t H, int64_t W, int64_t start, int64_t S) {
+  return H > 0 && W > 0 && start >= 0 && start <= S && H <= S - start && W <= (S - start) / H;
+}
+
 // Corner order: 0 = (h_low, w_low), 1 = (h_low, w_high), 2 = (h_high, w_low), 3 = (h_high, w_high),
 // with h_high = h_low + 1 and w_high = w_low + 1.
 constexpr int kCorners = 4;

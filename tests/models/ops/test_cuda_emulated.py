@@ -134,7 +134,7 @@ def test_bf16_values_with_float32_locations_lose_only_the_value_rounding(emulate
         fake = [torch.empty(t.shape, dtype=t.dtype, device="cuda") for t in (value, shapes, start, loc)]
         fake.append(torch.empty(weights.shape, dtype=weights.dtype, device="cuda"))
         fake[0] = fake[0].to(torch.bfloat16)
-        prepared = _prepare_inputs(*fake, 64)
+        prepared = _prepare_inputs(*fake)
         prepared_dtypes = [t.dtype for t in prepared]
     assert prepared_dtypes[0] == torch.bfloat16
 
@@ -196,13 +196,13 @@ def test_emulator_reports_out_of_bounds_writes(emulated):
         emulated.run_shifted_write(40, -1)
 
 
-def test_emulated_kernels_report_out_of_bounds_reads(emulated, inputs):
-    """Level sizes that overrun value: the kernels' reads leave the tensor, and the emulator says so."""
-    value, shapes, start, loc, weights = inputs(
-        [(4, 5)], n=1, n_queries=2, head_dim=4, loc_low=0.9, loc_high=1.0
-    )
-    with pytest.raises(RuntimeError, match=r"out-of-bounds read of value\["):
-        emulated.ms_deform_attn_forward(value, shapes * 2, start, loc, weights, 64)
+def test_emulator_reports_out_of_bounds_reads(emulated):
+    x = torch.arange(40, dtype=torch.float32)
+    torch.testing.assert_close(emulated.run_shifted_read(x, 0), x)
+    with pytest.raises(RuntimeError, match=r"thread \(39, 0, 0\): out-of-bounds read of x\[40\]"):
+        emulated.run_shifted_read(x, 1)
+    with pytest.raises(RuntimeError, match=r"thread \(0, 0, 0\): out-of-bounds read of x\[-1\]"):
+        emulated.run_shifted_read(x, -1)
 
 
 def test_pytorch_path_takes_half_values_with_float32_locations(monkeypatch, inputs):

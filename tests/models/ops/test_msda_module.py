@@ -165,7 +165,7 @@ BAD_FORWARD = [
     ),
     (
         {"input_spatial_shapes": torch.tensor([[6, 5], [3, 3]])},
-        r"input_spatial_shapes must be \(n_levels=3, 2\)",
+        r"input_spatial_shapes must have shape \(n_levels=3, 2\)",
     ),
 ]
 

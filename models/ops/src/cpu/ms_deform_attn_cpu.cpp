@@ -160,6 +160,9 @@ MSDA_ALWAYS_INLINE void forward_range(const Inputs<scalar_t>& in, scalar_t* out,
       for (int64_t l = 0; l < z.L; ++l) {
         const int64_t H = in.shapes[2 * l];
         const int64_t W = in.shapes[2 * l + 1];
+        if (!msda::level_in_bounds(H, W, in.starts[l], z.S)) {
+          continue;
+        }
         const scalar_t* value_level = value_nm + in.starts[l] * pixel_stride;
         for (int64_t p = 0; p < z.P; ++p) {
           const int64_t idx = (item * z.L + l) * z.P + p;
@@ -236,14 +239,17 @@ MSDA_ALWAYS_INLINE void backward_range(const Inputs<scalar_t>& in, const scalar_
       for (int64_t l = 0; l < z.L; ++l) {
         const int64_t H = in.shapes[2 * l];
         const int64_t W = in.shapes[2 * l + 1];
-        const scalar_t* value_level = value_nm + in.starts[l] * pixel_stride;
-        acc_t* gv_level = gv_buf.data() + in.starts[l] * z.D;
+        // A level outside value is skipped; its points get zero gradients.
+        const bool level_ok = msda::level_in_bounds(H, W, in.starts[l], z.S);
+        const int64_t start = level_ok ? in.starts[l] : 0;
+        const scalar_t* value_level = value_nm + start * pixel_stride;
+        acc_t* gv_level = gv_buf.data() + start * z.D;
         for (int64_t p = 0; p < z.P; ++p) {
           const int64_t idx = (item * z.L + l) * z.P + p;
           msda::BilinearPoint<acc_t> bp;
           const acc_t x = static_cast<acc_t>(in.loc[2 * idx]);
           const acc_t y = static_cast<acc_t>(in.loc[2 * idx + 1]);
-          if (!msda::bilinear_point(x, y, H, W, bp)) {
+          if (!level_ok || !msda::bilinear_point(x, y, H, W, bp)) {
             grad_attn[idx] = static_cast<scalar_t>(0);
             grad_loc[2 * idx] = static_cast<scalar_t>(0);
             grad_loc[2 * idx + 1] = static_cast<scalar_t>(0);

@@ -106,6 +106,9 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     for (int64_t l = 0; l < z.L; ++l) {
       const int64_t H = shapes[2 * l];
       const int64_t W = shapes[2 * l + 1];
+      if (!level_in_bounds(H, W, starts[l], z.S)) {
+        continue;  // a level outside value (see level_in_bounds) contributes nothing
+      }
       const global_ptr<const scalar_t> value_level = value_nm + starts[l] * pixel_stride + channel0;
       for (int64_t p = 0; p < z.P; ++p) {
         const int64_t idx = (item * z.L + l) * z.P + p;
@@ -167,13 +170,16 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   for (int64_t l = 0; l < z.L; ++l) {
     const int64_t H = shapes[2 * l];
     const int64_t W = shapes[2 * l + 1];
-    const int64_t level_offset = nm_offset + starts[l] * pixel_stride;
+    // A level outside value (see level_in_bounds) contributes nothing: its points get zero gradients,
+    // and its threads still join the group sums below.
+    const bool level_ok = level_in_bounds(H, W, starts[l], z.S);
+    const int64_t level_offset = nm_offset + (level_ok ? starts[l] : 0) * pixel_stride;
     for (int64_t p = 0; p < z.P; ++p) {
       const int64_t idx = (item * z.L + l) * z.P + p;
       PointGrad<acc_t> pg{0, 0, 0};
       if (active) {
         BilinearPoint<acc_t> bp;
-        if (bilinear_point(loc[2 * idx], loc[2 * idx + 1], H, W, bp)) {
+        if (level_ok && bilinear_point(loc[2 * idx], loc[2 * idx + 1], H, W, bp)) {
           const acc_t a = attn[idx];
           int64_t corner_offset[kCorners];
           acc_t coef[kCorners];
