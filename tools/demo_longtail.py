@@ -1,7 +1,7 @@
 """`make demo-longtail`: BatchFormer on long-tailed real digits, base against +BatchFormer, paired by seed.
 
     python tools/demo_longtail.py [--seeds 5] [--ratios 10 50] [--models cnn vit]
-                                  [--epochs_cnn 30 100] [--epochs_vit 150] [--output_dir exps/demo_longtail]
+                                  [--epochs_cnn 30 100] [--epochs_vit 100] [--output_dir exps/demo_longtail]
 
 Data: ``datasets/longtail_digits.py`` (scikit-learn's 8x8 digits, exponential long-tailed train split,
 balanced test split). Models: a small CNN whose 64-d features go through BatchFormer (V1) before a
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=["cnn", "vit"], choices=("cnn", "vit"))
     p.add_argument("--epochs_cnn", type=int, nargs="+", default=[30, 100],
                    help="one setting per value: a short schedule and one where the base's loss has converged")
-    p.add_argument("--epochs_vit", type=int, nargs="+", default=[150])
+    p.add_argument("--epochs_vit", type=int, nargs="+", default=[100])
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup_epochs", type=float, default=5.0,
@@ -274,11 +274,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 for seed in range(args.seeds):
                     new = run_one(model, ratio, seed, epochs, args)
                     rows.extend(new)
+                    (out_dir / "results.json").write_text(json.dumps(rows, indent=1))  # kept if stopped
                     print(f"{model} {epochs} epochs ratio {ratio:g} seed {seed}: All accuracy (%) "
                           + ", ".join(f"{r['variant']} {r['All']:.1f}" for r in new), flush=True)
     summary = summarise(rows)
     wall = time.time() - start
-    (out_dir / "results.json").write_text(json.dumps(rows, indent=1))
     (out_dir / "summary.json").write_text(json.dumps({"wall_seconds": wall, "args": vars(args),
                                                       "summary": summary}, indent=1))
     plot(summary, out_dir / "longtail.png")
