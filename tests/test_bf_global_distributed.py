@@ -12,6 +12,7 @@ only the order of sums differs:
   state holds every rank's contribution (util.dist.all_gather_rows);
 - the same step with a gather whose backward keeps only the local gradient gives other gradients.
 """
+import gc
 import os
 import tempfile
 
@@ -94,7 +95,9 @@ def _worker(rank: int, store: str, out: str) -> None:
         du._AllGatherRows.backward = staticmethod(_local_only_backward)  # this process only
         _, result["grads_local_only"] = _train_step(ddp, criterion, mine)
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+        del ddp
     finally:
+        gc.collect()  # the DDP wrapper's reference cycles go before its process group
         dist.destroy_process_group()
 
 
