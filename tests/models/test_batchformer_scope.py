@@ -10,7 +10,7 @@ from torch import nn
 import models.batchformer as bfm
 from models import build_model
 from models.batchformer import AcrossRanks, build_batchformer, pad_to_common_size
-from util.args import args_problem, get_args_parser
+from util.args import args_notices, args_problem, get_args_parser
 from util.misc import nested_tensor_from_tensor_list
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -123,3 +123,9 @@ def test_scope_flags():
         _args("--bf_scope", "node")
     problem = args_problem(_args("--bf", "1", "--bf_scope", "global", "--masks"))
     assert problem and problem.startswith("--bf_scope global does not support --masks")
+    assert args_notices(_args("--bf_scope", "global", "--bf_lr", "0.1")) == [
+        "--bf_scope and --bf_lr without --bf: there is no BatchFormer, so they have no effect"]
+    assert args_notices(_args("--bf", "1", "--bf_scope", "global", "--bf_lr", "0.1")) == []
+    # One image per process: the device scope is warned about, the global one is the remedy.
+    assert len(args_notices(_args("--bf", "7", "--batch_size", "1"))) == 1
+    assert args_notices(_args("--bf", "1", "--batch_size", "1", "--bf_scope", "global")) == []
