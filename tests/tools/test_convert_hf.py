@@ -48,11 +48,11 @@ def _config(variant: str, naming: str = "resnet", **extra):
                                              **fields)
 
 
-def _hf_model(variant: str, naming: str = "resnet"):
+def _hf_model(variant: str, naming: str = "resnet", **extra):
     """transformers' model with random weights everywhere: its init leaves sampling offsets, attention
     weights and the frozen batch-norm statistics trivial, which would hide a mix-up."""
     torch.manual_seed(0)
-    model = transformers.DeformableDetrForObjectDetection(_config(variant, naming)).eval()
+    model = transformers.DeformableDetrForObjectDetection(_config(variant, naming, **extra)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if ".backbone." not in name:
@@ -205,14 +205,18 @@ def test_timm_backbone_naming_renamed(tmp_path):
     _assert_same_files(tmp_path / "back", timm_folder)
 
 
-def test_timm_backbone_naming(tmp_path, monkeypatch):
-    """The same with transformers' own timm-backed model, where timm is installed."""
+@pytest.mark.parametrize("variant, extra", [("base", {}), ("single_scale", {"dilation": True})],
+                         ids=["multi_scale", "dc5"])
+def test_timm_backbone_naming(tmp_path, monkeypatch, variant, extra):
+    """The same with transformers' own timm-backed model, where timm is installed; DC5 (--dilation) is
+    timm-only in transformers."""
     pytest.importorskip("timm", reason="transformers builds its timm backbone only with timm installed")
-    hf = _hf_model("base", naming="timm")
+    hf = _hf_model(variant, naming="timm", **extra)
     hf.save_pretrained(tmp_path / "hf")
     assert "model.backbone.conv_encoder.model.layer1.0.conv1.weight" in load_file(
         tmp_path / "hf" / "model.safetensors")
     checkpoint = load_hf_checkpoint(str(tmp_path / "hf"))
+    assert checkpoint["args"].dilation == bool(extra)
     model, _ = _ours(checkpoint)
     samples = _batch()
     _use_backend(monkeypatch, "pytorch")
@@ -223,6 +227,10 @@ def test_timm_backbone_naming(tmp_path, monkeypatch):
     torch.testing.assert_close(out["pred_boxes"], theirs.pred_boxes, atol=1e-4, rtol=0)
     save_hf_folder(checkpoint, str(tmp_path / "back"), naming="timm")
     _assert_same_files(tmp_path / "back", tmp_path / "hf")
+    reloaded, info = transformers.DeformableDetrForObjectDetection.from_pretrained(
+        tmp_path / "back", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert reloaded.config.backbone_config.output_stride == (16 if extra else None)
 
 
 def test_refine_class_heads_per_layer_are_kept(tmp_path):
