@@ -175,9 +175,11 @@ class DeformableTransformerEncoder(nn.Module):
             )
             if batchformer is None or i not in batchformer.layers:
                 continue
+            # Across ranks, a recomputation would gather every rank's images a second time, in the
+            # backward pass: that layer keeps its activations.
             output = _maybe_checkpointed(
-                self.use_checkpoint, batchformer_step, batchformer.layers[i], output, num_images,
-                batchformer.two_stream, num_streams,
+                self.use_checkpoint and not batchformer.across_ranks, batchformer_step, batchformer.layers[i],
+                output, num_images, batchformer.two_stream, num_streams,
             )
             if batchformer.two_stream and num_streams == 1:
                 # The second stream sees the same images: duplicate their per-image inputs.

@@ -121,3 +121,26 @@ def test_no_checkpointing_without_autograd():
     with torch.no_grad():
         a, b = model(_images()), plain(_images())
     assert torch.equal(a["pred_logits"], b["pred_logits"]) and torch.equal(a["pred_boxes"], b["pred_boxes"])
+
+
+def test_a_batchformer_across_ranks_is_not_recomputed(monkeypatch):
+    """--bf_scope global: recomputing the layer would gather every rank's images again in the backward
+    pass; that layer keeps its activations (the others are still recomputed). A simulated second rank
+    holds the same images."""
+    import models.batchformer as bfm
+
+    gathers = []
+
+    def gather(x):
+        gathers.append(torch.is_grad_enabled())
+        return torch.cat([x, x])
+
+    monkeypatch.setattr(bfm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(bfm, "all_gather_rows", gather)
+    monkeypatch.setattr(bfm, "max_over_ranks", lambda sizes: sizes)
+    model, criterion, _ = _build("--bf", "1", "--bf_scope", "global", "--use_checkpoint")
+    model.train()
+    losses = criterion(model(_images()), _targets())
+    sum(losses[k] * w for k, w in criterion.weight_dict.items() if k in losses).backward()
+    assert len(gathers) == 1  # in the forward pass only
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.transformer.bf.parameters())
