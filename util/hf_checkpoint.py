@@ -414,10 +414,13 @@ def hf_config_from_args(args: argparse.Namespace, naming: str = "resnet") -> dic
         raise HFCheckpointError(f"--backbone {args.backbone}: no transformers counterpart")
     multi = args.num_feature_levels > 1
     out_indices = [2, 3, 4] if multi else [4]
+    # Both forms load in transformers 4 and 5: 5 reads the older top-level timm fields, and 4 refuses a
+    # backbone_config beside its defaults use_timm_backbone=True, backbone='resnet50'. Both derive the
+    # timm stages from num_feature_levels and dilation; given backbone_kwargs, 5 looks the name up
+    # on the hub.
     if naming == "timm":
-        backbone_config = {"model_type": "timm_backbone", "backbone": args.backbone, "num_channels": 3,
-                           "features_only": True, "use_pretrained_backbone": False,
-                           "out_indices": out_indices, "output_stride": 16 if args.dilation else None}
+        backbone = {"use_timm_backbone": True, "backbone": args.backbone, "backbone_config": None,
+                    "backbone_kwargs": None}
     else:
         if args.dilation:
             raise HFCheckpointError("--dilation: transformers' own ResNet has no dilation; write the timm "
@@ -428,12 +431,14 @@ def hf_config_from_args(args: argparse.Namespace, naming: str = "resnet") -> dic
                            "layer_type": layer_type, "hidden_act": "relu", "downsample_in_first_stage": False,
                            "downsample_in_bottleneck": False, "out_indices": out_indices,
                            "out_features": [_STAGES[i] for i in out_indices]}
+        backbone = {"use_timm_backbone": False, "backbone": None, "backbone_config": backbone_config,
+                    "backbone_kwargs": None}
     from models.deformable_detr import num_classes_for
 
     num_classes = num_classes_for(args)
     return {
         "architectures": ["DeformableDetrForObjectDetection"], "model_type": "deformable_detr",
-        "backbone_config": backbone_config, "dilation": bool(args.dilation), "num_channels": 3,
+        **backbone, "use_pretrained_backbone": False, "dilation": bool(args.dilation), "num_channels": 3,
         "d_model": args.hidden_dim, "encoder_layers": args.enc_layers, "decoder_layers": args.dec_layers,
         "encoder_attention_heads": args.nheads, "decoder_attention_heads": args.nheads,
         "encoder_ffn_dim": args.dim_feedforward, "decoder_ffn_dim": args.dim_feedforward,
@@ -452,11 +457,13 @@ def hf_config_from_args(args: argparse.Namespace, naming: str = "resnet") -> dic
 
 def ours_to_hf(state: dict[str, Tensor], args: argparse.Namespace,
                naming: str = "resnet") -> dict[str, Tensor]:
-    """transformers' saved state dict from ours: the tensors ``save_pretrained`` writes, named as it does.
+    """transformers' saved state dict from ours: the tensors ``save_pretrained`` writes, named as it does,
+    except that a +refine model's class heads are all written.
 
-    transformers ties every class head to the first one in a +refine model (one head for all decoder
-    layers); the published +refine models have one per layer, so heads that differ are all written and
-    transformers loads them untied (it warns that it does).
+    transformers 5 ties a +refine model's class heads to the first (one head for every decoder layer) and
+    saves that one; transformers 4 and the published +refine models have one per layer, and 4 needs
+    them all in the file. Given them, 5 ties them when equal and keeps them apart (with a warning)
+    when they differ.
 
     BatchFormerV2 weights are left out (transformers' model has none; inference does not use them).
     """
@@ -474,10 +481,7 @@ def ours_to_hf(state: dict[str, Tensor], args: argparse.Namespace,
         tensor = state[names_of[tuple(names)]]
         pieces = tensor.chunk(len(names)) if len(names) > 1 else [tensor]
         for name, piece in zip(names, pieces):
-            head_zero = _HEAD_N.sub(r"\1.0.", name)
-            if head_zero != name and head_zero in out and torch.equal(out[head_zero], piece):
-                continue  # tied to head 0 in transformers: written once, as save_pretrained does
-            out[name] = piece.contiguous()
+            out[name] = piece.clone()  # safetensors refuses two names on one storage (equal heads)
     return out
 
 
