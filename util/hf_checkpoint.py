@@ -10,7 +10,8 @@ Names on the way in: transformers' saved (hub) names (``model.backbone.conv_enco
 (``model.backbone.model.*``, ``layers.N.mlp.fc1``, ``self_attn.o_proj``); the backbone either
 timm-named (``conv1``, ``layer1.0.bn2``: torchvision's names) or transformers' own ResNet
 (``embedder.embedder.convolution``, ``encoder.stages.0.layers.0.layer.1``). On the way out: the saved
-names, which is what ``save_pretrained`` writes, one name per tied tensor as it does.
+names, which is what ``save_pretrained`` writes, one name per tied tensor as it does (but every class
+head of a +refine model: see ``ours_to_hf``), with a ``config.json`` that transformers 4 and 5 read.
 
 Whatever our model cannot represent (another backbone, a class count our ``--dataset_file`` values do
 not give, unequal encoder/decoder widths, ...) is refused with an ``HFCheckpointError`` naming the
