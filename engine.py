@@ -24,6 +24,9 @@ PROGRESS_TERMS = ("lr", "loss", "loss_ce", "loss_bbox", "loss_giou", "loss_mask"
 # normal, a long run of them means training has broken down.
 MAX_CONSECUTIVE_SKIPS = 100
 
+# Epoch statistics that are totals, not averages over the iterations.
+EPOCH_COUNTS = ("amp_skipped_steps",)
+
 # Consecutive skipped steps per GradScaler: a run of skips may span an epoch boundary.
 _consecutive_skips: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 

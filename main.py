@@ -28,7 +28,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 
 import util.dist as dist_utils
 from datasets import DatasetError, data_error_message
-from engine import NonFiniteLossError, evaluate, train_one_epoch
+from engine import EPOCH_COUNTS, NonFiniteLossError, evaluate, train_one_epoch
 from util.args import FlagError, get_args_parser, validate_args
 from util.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from util.misc import collate_fn
@@ -444,8 +444,8 @@ def main(args) -> dict:
                 except NonFiniteLossError as e:
                     raise SystemExit(f"Training stopped at epoch {epoch}: {e}") from e
                 (first_stats, first_count), stopped_part = stopped_part, ({}, 0)
-                train_stats = merge_stats(first_stats, first_count,
-                                          train_stats, epoch_loader.done - first_count)
+                train_stats = merge_stats(first_stats, first_count, train_stats,
+                                          epoch_loader.done - first_count, counts=EPOCH_COUNTS)
                 if epoch_loader.stopped:
                     _save_progress_and_exit(stop, epoch, epoch_loader, train_stats, output_dir,
                                             model_without_ddp, optimizer, scheduler, scaler, args)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -66,15 +66,22 @@ def preserved_rng():
         set_rng_state(state)
 
 
-def merge_stats(first: dict[str, float], n_first: int, second: dict[str, float], n_second: int) -> dict:
-    """Averages over an epoch's iterations from the averages of two consecutive parts of it."""
+def merge_stats(first: dict[str, float], n_first: int, second: dict[str, float], n_second: int,
+                counts: Iterable[str] = ()) -> dict:
+    """Averages over an epoch's iterations from the averages of two consecutive parts of it.
+
+    The keys named in ``counts`` are totals of each part (e.g. skipped steps), so they add up.
+    """
     if n_first <= 0:
         return dict(second)
     if n_second <= 0:
         return dict(first)
     merged = {**first, **second}
     for k in first.keys() & second.keys():
-        merged[k] = (first[k] * n_first + second[k] * n_second) / (n_first + n_second)
+        if k in counts:
+            merged[k] = first[k] + second[k]
+        else:
+            merged[k] = (first[k] * n_first + second[k] * n_second) / (n_first + n_second)
     return merged
 
 

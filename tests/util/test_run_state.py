@@ -124,3 +124,10 @@ def test_sigterm_is_deferred_in_training_and_ends_the_run_elsewhere():
             time.sleep(5)  # interrupted by the handler's exception
         assert info.value.code == 128 + signal.SIGTERM and "SIGTERM" in str(info.value)
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_merge_stats_adds_counts_instead_of_averaging_them():
+    # A resumed epoch's skipped fp16 steps are those of both parts together.
+    merged = run_state.merge_stats({"loss": 1.0, "amp_skipped_steps": 2}, 3,
+                                   {"loss": 3.0, "amp_skipped_steps": 1}, 1, counts=("amp_skipped_steps",))
+    assert merged == {"loss": 1.5, "amp_skipped_steps": 3}
