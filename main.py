@@ -255,7 +255,8 @@ def _unlogged_epoch(checkpoint: dict | None, args) -> tuple[int, dict] | None:
     if not saved_dir or os.path.realpath(saved_dir) != os.path.realpath(args.output_dir):
         return None
     # Rank 0 reads the log: other nodes may not share the file system.
-    logged = dist_utils.all_gather(checkpoint["epoch"] in _logged_epochs(args.output_dir))[0]
+    mine = checkpoint["epoch"] in _logged_epochs(args.output_dir) if dist_utils.is_main_process() else None
+    logged = dist_utils.broadcast_object(mine)
     return None if logged else (checkpoint["epoch"], checkpoint["train_stats"])
 
 
