@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from util.hf_folder import is_hf_folder
+
 
 class _Parser(argparse.ArgumentParser):
     """ArgumentParser that also accepts ``--a-b`` wherever ``--a_b`` is declared."""
@@ -342,8 +344,6 @@ def _creatable_dir_problem(path: str | None) -> str | None:
 def _check_paths(args: argparse.Namespace) -> str | None:
     resume = getattr(args, "resume", "")
     if resume and not _is_url(resume) and not os.path.isfile(resume):
-        from util.hf_checkpoint import is_hf_folder
-
         if not is_hf_folder(resume):
             return (f"--resume {resume}: no such file (a checkpoint path, a Hugging Face model folder "
                     "with config.json, or an http(s) URL)")

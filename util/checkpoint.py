@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from util.hf_folder import is_hf_folder
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be read or does not fit the model."""
@@ -221,10 +223,10 @@ def load_checkpoint(path_or_url: str, map_location="cpu"):
     path = _download(path_or_url) if _is_url(path_or_url) else path_or_url
     shown = f"{path!r}" if path == path_or_url else f"{path!r} (downloaded from {path_or_url})"
     if os.path.isdir(path):
-        from util import hf_checkpoint  # imports this module: loaded on first use
+        if is_hf_folder(path):  # config.json + weights: transformers' format, converted
+            from util.hf_checkpoint import load_hf_checkpoint  # imports this module: loaded on first use
 
-        if hf_checkpoint.is_hf_folder(path):  # config.json + weights: transformers' format, converted
-            return hf_checkpoint.load_hf_checkpoint(path)
+            return load_hf_checkpoint(path)
         raise CheckpointError(f"checkpoint {shown} is a directory; pass the checkpoint file in it (e.g. "
                               f"{os.path.join(path, 'checkpoint.pth')})")
     if not os.path.isfile(path):

@@ -29,16 +29,13 @@ import torch
 from torch import Tensor
 
 from util.checkpoint import CheckpointError
+from util.hf_folder import BIN_FILE, CONFIG_FILE, SAFETENSORS_FILE, SAFETENSORS_INDEX, is_hf_folder
 
 __all__ = [
     "HFCheckpointError", "is_hf_folder", "read_hf_folder", "args_from_hf_config", "hf_to_ours",
     "load_hf_checkpoint", "hf_config_from_args", "ours_to_hf", "save_hf_folder", "BACKBONE_NAMINGS",
 ]
 
-CONFIG_FILE = "config.json"
-SAFETENSORS_FILE = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-BIN_FILE = "pytorch_model.bin"
 # "resnet": transformers' own ResNet (loads without timm); "timm": timm's resnet, as the published
 # SenseTime checkpoints are (from_pretrained then needs timm installed).
 BACKBONE_NAMINGS = ("resnet", "timm")
@@ -59,12 +56,6 @@ _DATASET_FOR_CLASSES = {91: "coco", 250: "coco_panoptic"}
 
 class HFCheckpointError(CheckpointError):
     """A Hugging Face folder that is unreadable, or describes a model ours cannot represent."""
-
-
-def is_hf_folder(path: str) -> bool:
-    """True for a folder with ``config.json`` and a weights file (what ``save_pretrained`` writes)."""
-    return os.path.isfile(os.path.join(path, CONFIG_FILE)) and any(
-        os.path.isfile(os.path.join(path, name)) for name in (SAFETENSORS_FILE, SAFETENSORS_INDEX, BIN_FILE))
 
 
 def _read_safetensors(path: str) -> dict[str, Tensor]:
