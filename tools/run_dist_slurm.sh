@@ -13,31 +13,8 @@ PARTITION=$1
 JOB_NAME=$2
 GPUS=$3
 shift 3
-# require_positive_int <name> <value>: stop unless value is a positive integer.
-require_positive_int() {
-    case "$2" in
-        ''|*[!0-9]*) echo "$0: $1 must be a positive integer, got '$2'" >&2; exit 2 ;;
-    esac
-    if [ "$2" -lt 1 ]; then
-        echo "$0: $1 must be a positive integer, got '$2'" >&2; exit 2
-    fi
-}
-require_positive_int "the number of GPUs" "$GPUS"
-if [ "$GPUS" -lt 8 ]; then
-    GPUS_PER_NODE=${GPUS_PER_NODE:-$GPUS}
-else
-    GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-fi
-require_positive_int GPUS_PER_NODE "$GPUS_PER_NODE"
-if [ "$GPUS_PER_NODE" -gt "$GPUS" ]; then
-    GPUS_PER_NODE=$GPUS
-fi
-# A last node with fewer tasks would hold GPUs it does not use, and --cache_mode needs full nodes.
-if [ $(( GPUS % GPUS_PER_NODE )) -ne 0 ]; then
-    echo "$0: $GPUS GPUs is not a multiple of GPUS_PER_NODE=$GPUS_PER_NODE (every node runs that many" \
-        "tasks); use a multiple, or set GPUS_PER_NODE" >&2
-    exit 2
-fi
+. "$(dirname "$0")/dist_nodes.sh"
+plan_nodes "$GPUS"
 CPUS_PER_TASK=${CPUS_PER_TASK:-4}
 SRUN_ARGS=${SRUN_ARGS:-""}
 
