@@ -29,13 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from util.args import BF_MODES
 from util.dist import all_gather_rows, get_world_size, max_over_ranks
 from util.misc import NestedTensor
 
 BF_HEADS = 4
 BF_DROPOUT = 0.5
-BF_MODES = (0, 1, 7)  # off, two-stream (published), single-stream (public --bf 7)
-BF_SCOPES = ("device", "global")
 
 
 def build_batchformer(

@@ -93,7 +93,7 @@ def _add_batchformer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bt_num_layers", default=1, type=int, help="depth of each BatchFormer")
     p.add_argument("--eval_bf", default=0, type=int, nargs="?", const=1,
                    help="also apply the BatchFormer at inference (single stream)")
-    p.add_argument("--bf_scope", default="device", choices=("device", "global"),
+    p.add_argument("--bf_scope", default="device", choices=BF_SCOPES,
                    help="images the BatchFormer attends across: those of each process's batch (device, the "
                         "published behaviour) or those of every process (global; one all-gather of the "
                         "encoder state per insert index)")
@@ -201,7 +201,8 @@ class FlagError(ValueError):
 
 _BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 _BOTTLENECK_BACKBONES = ("resnet50", "resnet101", "resnet152")
-_BF_MODES = (0, 1, 7)  # 0 off, 1 two-stream BatchFormerV2, 7 single stream
+BF_MODES = (0, 1, 7)  # --bf: 0 off, 1 two-stream BatchFormerV2 (published), 7 single stream (public)
+BF_SCOPES = ("device", "global")  # --bf_scope
 
 # flag: smallest allowed value
 _INT_MINIMA = {
@@ -279,7 +280,7 @@ def _check_architecture(args: argparse.Namespace) -> str | None:
 
 
 def _check_batchformer(args: argparse.Namespace) -> str | None:
-    if args.bf not in _BF_MODES:
+    if args.bf not in BF_MODES:
         return f"--bf must be 0 (off), 1 (two-stream BatchFormerV2) or 7 (single stream), got {args.bf}"
     if args.share_bf not in (0, 1):
         return f"--share_bf must be 0 or 1, got {args.share_bf}"
