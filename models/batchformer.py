@@ -68,23 +68,17 @@ def attend_across_batch(bf: nn.Module, x: Tensor) -> Tensor:
     return bf(x)
 
 
-def batchformer_step(
-    bf: nn.Module, x: Tensor, num_images: int, two_stream: bool, num_streams: int | None = None
-) -> Tensor:
+def batchformer_step(bf: nn.Module, x: Tensor, num_images: int, two_stream: bool, num_streams: int) -> Tensor:
     """Apply one insert index to x, (B, L, C) or (B, C); (2B, ...) once two-streamed.
 
     Single stream: bf(x). Two streams: [x ; bf(x)] at the first index (x holds ``num_streams`` = 1
     stream of ``num_images`` rows), then [x0 ; bf(x1)] (the second stream only) at later ones
-    (``num_streams`` = 2). Callers that track the streams pass ``num_streams``; without it x must
-    hold one or two whole streams, and the row count tells which.
+    (``num_streams`` = 2). The caller tracks the streams: the row count is not asked.
     """
     if not two_stream:
         return attend_across_batch(bf, x)
-    if num_streams is None:
-        if x.shape[0] not in (num_images, 2 * num_images):
-            raise ValueError(f"batchformer_step: {x.shape[0]} rows are neither 1 nor 2 streams of "
-                             f"{num_images} images")
-        num_streams = x.shape[0] // num_images
+    if num_streams not in (1, 2):
+        raise ValueError(f"batchformer_step: num_streams must be 1 or 2, got {num_streams}")
     if num_streams == 1:
         return torch.cat([x, attend_across_batch(bf, x)], dim=0)
     return torch.cat([x[:num_images], attend_across_batch(bf, x[num_images:])], dim=0)

@@ -78,10 +78,12 @@ class TinyViT(nn.Module):
         num_images = images.shape[0]
         two_stream = self.bf is not None and self.training
         x = self.embed(images)
+        num_streams = 1
         for i, block in enumerate(self.blocks):
             x = block(x)
             if two_stream and i in self.insert_idx:
-                x = batchformer_step(self.bf, x, num_images, two_stream=True)
+                x = batchformer_step(self.bf, x, num_images, two_stream=True, num_streams=num_streams)
+                num_streams = 2
         if two_stream and labels is not None:
             labels = torch.cat([labels, labels], dim=0)
         return self.head(self.norm(x[:, 0])), labels

@@ -90,11 +90,11 @@ def test_each_position_attends_across_the_images():
 def test_two_stream_steps():
     add_one = lambda t: t + 1  # stands in for a BatchFormer
     x = torch.zeros(2, 3, 4)
-    first = batchformer_step(add_one, x, num_images=2, two_stream=True)
+    first = batchformer_step(add_one, x, num_images=2, two_stream=True, num_streams=1)
     assert torch.equal(first, torch.cat([x, x + 1]))
-    later = batchformer_step(add_one, first, num_images=2, two_stream=True)
+    later = batchformer_step(add_one, first, num_images=2, two_stream=True, num_streams=2)
     assert torch.equal(later, torch.cat([x, x + 2]))  # the second stream only
-    assert torch.equal(batchformer_step(add_one, x, num_images=2, two_stream=False), x + 1)
+    assert torch.equal(batchformer_step(add_one, x, num_images=2, two_stream=False, num_streams=1), x + 1)
 
 
 @pytest.mark.parametrize("flags", [[], ["--with_box_refine", "--two_stage"]])
