@@ -20,6 +20,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -465,31 +466,45 @@ def main(args) -> dict:
     return test_stats
 
 
-def cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="main.py",
-                                     description="Deformable DETR training and evaluation script",
-                                     parents=[get_args_parser()])
-    args = parser.parse_args(argv)
-    validate_args(parser, args)
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace,
+        prepare: Callable[[argparse.Namespace], None] | None = None) -> None:
+    """Validate the flags and run ``main``: a user's error (a flag, a checkpoint, the data, a signal)
+    ends with one line naming ``parser.prog`` and no traceback. ``prepare`` runs first (test.py takes
+    the model flags from the checkpoint there)."""
+    prog = parser.prog
     try:
+        if prepare is not None:
+            prepare(args)
+        validate_args(parser, args)
         main(args)
     except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from e
+        raise SystemExit(f"{prog}: error: {e}") from None
     except DatasetError as e:
-        raise SystemExit(f"main.py: data error: {data_error_message(e)}") from e
+        raise SystemExit(f"{prog}: data error: {data_error_message(e)}") from None
     except FlagError as e:
         parser.error(str(e))
     except Preempted as e:
-        print(f"main.py: {e}", file=sys.stderr, flush=True)
+        print(f"{prog}: {e}", file=sys.stderr, flush=True)
         raise SystemExit(e.code) from None
     except KeyboardInterrupt:
-        last = os.path.join(args.output_dir, "checkpoint.pth") if args.output_dir else ""
-        kept = f"the last checkpoint, {last}, is intact" if last and os.path.isfile(last) else "no checkpoint"
-        print(f"main.py: interrupted (SIGINT); {kept}", file=sys.stderr, flush=True)
+        if args.eval:
+            said = f"during the evaluation of {args.resume}"
+        else:
+            last = os.path.join(args.output_dir, "checkpoint.pth") if args.output_dir else ""
+            kept = last and os.path.isfile(last)
+            said = f"the last checkpoint, {last}, is intact" if kept else "no checkpoint"
+        print(f"{prog}: interrupted (SIGINT); {said}", file=sys.stderr, flush=True)
         raise SystemExit(128 + signal.SIGINT) from None
     finally:
         if dist_utils.is_dist_avail_and_initialized():
             torch.distributed.destroy_process_group()
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="main.py",
+                                     description="Deformable DETR training and evaluation script",
+                                     parents=[get_args_parser()])
+    run(parser, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

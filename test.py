@@ -14,13 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 import main as main_module
-import util.dist as dist_utils
-from datasets import DatasetError, data_error_message
-from util.args import get_args_parser, validate_args
-from util.checkpoint import CheckpointError, adopt_recorded_flags, load_checkpoint
+from util.args import get_args_parser
+from util.checkpoint import adopt_recorded_flags, load_checkpoint
 
 
 def given_flags(argv: list[str]) -> set[str]:
@@ -44,23 +40,14 @@ def cli(argv: list[str] | None = None) -> None:
     # Every weight comes from the checkpoint: the ImageNet backbone would only be downloaded and replaced.
     if "no_pretrained_backbone" not in given and "backbone_weights" not in given:
         args.no_pretrained_backbone = True
-    try:
+
+    def take_recorded_flags(args: argparse.Namespace) -> None:
         checkpoint = load_checkpoint(args.resume)
         saved = checkpoint.get("args") if isinstance(checkpoint, dict) else None
         for notice in adopt_recorded_flags(args, saved, given, args.resume):
             print(f"test.py: {notice}", flush=True)
-        del checkpoint
-        validate_args(parser, args)
-        main_module.main(args)
-    except CheckpointError as e:
-        raise SystemExit(f"test.py: error: {e}") from None
-    except DatasetError as e:
-        raise SystemExit(f"test.py: data error: {data_error_message(e)}") from None
-    except KeyboardInterrupt:
-        raise SystemExit(f"test.py: interrupted (SIGINT) during the evaluation of {args.resume}") from None
-    finally:
-        if dist_utils.is_dist_avail_and_initialized():
-            torch.distributed.destroy_process_group()
+
+    main_module.run(parser, args, prepare=take_recorded_flags)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import torch
 
 import main as main_module
 from tests.tiny_model import tiny_flags
+from util.args import FlagError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tiny model of tests/test_end_to_end.py, but with flags away from every default that has a tensor
@@ -148,3 +149,16 @@ def test_flags_taken_from_the_checkpoint_are_validated(checkpoint, tmp_path, cap
         script.cli(["--resume", str(path), *RUN, "--coco_path", str(tmp_path / "nowhere")])
     assert info.value.code == 2
     assert "test.py: error: --coco_path" in capsys.readouterr().err
+
+
+def test_a_flag_conflict_found_while_running_ends_like_a_bad_flag(checkpoint, tmp_path, monkeypatch, capsys):
+    """A FlagError raised once the data is seen (two-stage --num_queries above the encoder positions)
+    is a user error in test.py as in main.py: one line, exit code 2."""
+    def conflict(args):
+        raise FlagError("--num_queries (300) exceeds the 120 encoder positions of this batch")
+
+    monkeypatch.setattr(main_module, "main", conflict)
+    with pytest.raises(SystemExit) as info:
+        script.cli(["--resume", checkpoint, *RUN, "--output_dir", str(tmp_path)])
+    assert info.value.code == 2
+    assert "test.py: error: --num_queries (300) exceeds" in capsys.readouterr().err
