@@ -143,26 +143,8 @@ def _coco_gt() -> COCO:
 
 def test_evaluate_gives_perfect_ap_for_ground_truth_detections():
     coco = _coco_gt()
-
-    def postprocess(outputs, target_sizes):
-        results = []
-        for image_id in outputs["ids"].round().long().tolist():
-            anns = coco.imgToAnns[image_id]
-            boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
-                                   a["bbox"][1] + a["bbox"][3]] for a in anns], dtype=torch.float32)
-            results.append({"scores": torch.full((len(anns),), 0.9),
-                            "labels": torch.tensor([a["category_id"] for a in anns]), "boxes": boxes})
-        return results
-
-    batches = []
-    for ids in ([1, 2], [3]):
-        images = torch.zeros(len(ids), 3, 8, 8)
-        images[:, 0, 0, 0] = torch.tensor(ids, dtype=torch.float32)
-        targets = tuple({"goal": torch.zeros(2), "image_id": torch.tensor([i]),
-                         "orig_size": torch.tensor([80, 100])} for i in ids)
-        batches.append((NestedTensor(images, torch.zeros(len(ids), 8, 8, dtype=torch.bool)), targets))
-    stats, evaluator = evaluate(_Model(), _Criterion(), {"bbox": postprocess}, batches, coco,
-                                torch.device("cpu"))
+    stats, evaluator = evaluate(_Model(), _Criterion(), {"bbox": _gt_postprocess(coco)},
+                                _id_batches(([1, 2], [3])), coco, torch.device("cpu"))
     assert len(stats["coco_eval_bbox"]) == 12
     assert stats["coco_eval_bbox"][0] == pytest.approx(1.0)
     assert stats["coco_eval_bbox"][1] == pytest.approx(1.0)
