@@ -9,14 +9,14 @@ import torch.nn.functional as F
 
 from models import build_model
 from models.backbone import STRIDE4
+from tests.models.test_segmentation import _targets
+from tests.tiny_model import tiny_flags
 from util.args import get_args_parser
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["--dataset_file", "toy_panoptic", "--device", "cpu", "--backbone", "resnet18",
-        "--no_pretrained_backbone", "--hidden_dim", "32", "--dim_feedforward", "32", "--enc_layers", "1",
-        "--dec_layers", "2", "--nheads", "2", "--num_feature_levels", "3", "--enc_n_points", "2",
-        "--dec_n_points", "2", "--masks", "--dropout", "0"]
+TINY = tiny_flags("--dataset_file", "toy_panoptic", "--dim_feedforward", "32", "--dec_layers", "2",
+                  "--num_feature_levels", "3", "--masks", "--dropout", "0")
 
 
 def _build(*extra, queries=7):
@@ -44,17 +44,6 @@ def full_masks(model, state, feat4):
 def _images():
     g = torch.Generator().manual_seed(3)
     return [torch.rand(3, 64, 80, generator=g), torch.rand(3, 56, 72, generator=g)]
-
-
-def _targets():
-    masks = torch.zeros(2, 64, 80, dtype=torch.bool)
-    masks[0, 8:40, 8:40] = True
-    masks[1, 30:60, 40:78] = True
-    return [
-        {"labels": torch.tensor([1, 6]), "boxes": torch.tensor([[0.3, 0.4, 0.4, 0.5], [0.7, 0.7, 0.45, 0.5]]),
-         "masks": masks},
-        {"labels": torch.tensor([7]), "boxes": torch.tensor([[0.5, 0.5, 0.5, 0.5]]), "masks": masks[1:]},
-    ]
 
 
 def _step(model, criterion):
