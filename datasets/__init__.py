@@ -6,6 +6,7 @@ Adding a data set: a module with ``build(image_set, args)`` and one entry in ``_
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
@@ -77,8 +78,17 @@ def _entry(args: argparse.Namespace) -> _DatasetEntry:
 
 def dataset_metadata(args: argparse.Namespace) -> DatasetMetadata:
     """What the model builder needs to know about ``args.dataset_file``: its classes (and, for panoptic
-    data, which are things). May read the data set's annotation file."""
-    return _entry(args).metadata(args)
+    data, which are things). May read the data set's annotation file.
+
+    ``--num_classes`` replaces the data set's classifier width, and ``args.class_names`` (id -> name,
+    recorded in checkpoints) its names."""
+    metadata = _entry(args).metadata(args)
+    if getattr(args, "num_classes", None) is not None:
+        metadata = dataclasses.replace(metadata, num_classes=args.num_classes)
+    names = getattr(args, "class_names", None)
+    if names is not None:
+        metadata = dataclasses.replace(metadata, class_names={int(k): str(v) for k, v in names.items()})
+    return metadata
 
 
 def build_dataset(image_set: str, args: argparse.Namespace) -> Dataset:

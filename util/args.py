@@ -129,6 +129,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="cache folder of --dataset_file toy_panoptic (default data/toy_panoptic)")
     p.add_argument("--toy_root", default=None, type=str,
                    help="cache folder of --dataset_file toy (default data/toy; generated if missing)")
+    p.add_argument("--num_classes", default=None, type=int,
+                   help="classifier width (labels are category ids, so at least the largest id + 1); "
+                        "default: the data set's (91 for coco, 250 for coco_panoptic, 20 for toy)")
     p.add_argument("--remove_difficult", action="store_true")
     # run
     p.add_argument("--output_dir", default="", help="path where to save, empty for no saving")
@@ -209,7 +212,7 @@ _INT_MINIMA = {
     "batch_size": 1, "epochs": 0, "start_epoch": 0, "num_feature_levels": 1, "enc_layers": 1,
     "dec_layers": 1, "dim_feedforward": 1, "hidden_dim": 1, "nheads": 1, "num_queries": 1,
     "dec_n_points": 1, "enc_n_points": 1, "bt_num_layers": 1, "num_workers": 0, "print_freq": 1,
-    "max_iters_per_epoch": 0, "max_eval_iters": 0, "eval_every": 0,
+    "max_iters_per_epoch": 0, "max_eval_iters": 0, "eval_every": 0, "num_classes": 1,
 }
 _NON_NEGATIVE = (
     "lr", "lr_backbone", "lr_linear_proj_mult", "weight_decay", "clip_max_norm", "position_embedding_scale",

@@ -14,11 +14,18 @@ from dataclasses import dataclass, field
 class DatasetMetadata:
     """num_classes: the classifier width (labels are raw category ids, so max id + 1);
     is_thing_map: category id -> isthing for panoptic data sets, None for detection-only ones (the
-    model then has no panoptic post-processor)."""
+    model then has no panoptic post-processor);
+    class_names: category id -> name, for whatever shows a class to a person (None: unknown, show ids)."""
 
     num_classes: int
     is_thing_map: Mapping[int, bool] | None = field(default=None)
+    class_names: Mapping[int, str] | None = field(default=None)
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
             raise ValueError(f"DatasetMetadata: num_classes must be >= 1, got {self.num_classes}")
+        if self.class_names is not None:
+            outside = sorted(i for i in self.class_names if not 0 <= i < self.num_classes)
+            if outside:
+                raise ValueError(f"DatasetMetadata: class ids {outside[:5]} are outside the classifier's "
+                                 f"range [0, {self.num_classes})")
