@@ -8,11 +8,15 @@ results format (image_id, category_id, bbox xywh, score) for ``results_bbox.json
 
 ``backend='faster'`` runs the same evaluation with faster-coco-eval (if installed), which gives the
 same 12 numbers in a fraction of the time (see docs/benchmarks.md).
+
+``per_class()`` reads each category's AP and AP50 from COCOeval's precision array (either backend),
+with its number of ground-truth instances; ``per_class_table`` prints them.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+from collections import Counter
 
 import numpy as np
 import torch
@@ -155,3 +159,64 @@ class CocoEvaluator:
     def stats(self) -> dict[str, list[float]]:
         """The 12 COCOeval numbers of each IoU type (after ``summarize``)."""
         return {iou_type: [float(v) for v in ev.stats] for iou_type, ev in self.coco_eval.items()}
+
+    def per_class(self) -> dict[str, list[dict]]:
+        """Each IoU type's ``per_class_ap`` rows (after ``accumulate``)."""
+        return {iou_type: per_class_ap(ev, self.coco_gt) for iou_type, ev in self.coco_eval.items()}
+
+
+def _mean_defined(precision: np.ndarray) -> float | None:
+    """COCOeval's average: over the entries it filled (-1 marks a category it could not score)."""
+    defined = precision[precision > -1]
+    return float(defined.mean()) if defined.size else None
+
+
+def _instances(coco_gt: COCO, img_ids: list[int], area_range: list[float]) -> Counter:
+    """Per category, the ground truth COCOeval counts for recall: not crowd, area within the range
+    (the rule of its evaluate)."""
+    low, high = area_range
+    return Counter(a["category_id"] for image_id in img_ids for a in coco_gt.imgToAnns.get(image_id, ())
+                   if not a.get("iscrowd", 0) and low <= a["area"] <= high)
+
+
+def per_class_ap(coco_eval, coco_gt: COCO) -> list[dict]:
+    """One row per category of ``coco_gt`` (ids as they are, gaps included), in COCOeval's order:
+    ``category_id``, ``name``, ``AP`` (IoU 0.50:0.95), ``AP50``, ``instances``.
+
+    AP and AP50 are the stats[0] and stats[1] of COCOeval restricted to that category: the mean of
+    the precision array (IoU thresholds x 101 recall points x category x area x max detections) over
+    area "all" and the largest max-detections; their mean over the categories is stats[0]. A category
+    without ground truth in the evaluated images has no AP (COCOeval's -1): ``AP`` and ``AP50`` are
+    None and ``instances`` 0.
+    """
+    params = coco_eval.params
+    precision = np.asarray(coco_eval.eval["precision"])  # (T, R, K, A, M)
+    area = list(params.areaRngLbl).index("all")
+    iou50 = int(np.flatnonzero(np.isclose(params.iouThrs, 0.5))[0])
+    instances = _instances(coco_gt, list(params.imgIds), params.areaRng[area])
+    rows = []
+    for k, cat_id in enumerate(params.catIds):
+        p = precision[:, :, k, area, -1]  # (T, R)
+        rows.append({"category_id": int(cat_id), "name": coco_gt.cats[cat_id].get("name", str(cat_id)),
+                     "AP": _mean_defined(p), "AP50": _mean_defined(p[iou50]),
+                     "instances": instances[cat_id]})
+    return rows
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def per_class_table(rows: list[dict], iou_type: str) -> str:
+    """The rows as a text table, the mean over the scored categories last; "-" marks no AP."""
+    width = max([len("class"), *(len(r["name"]) for r in rows)])
+    lines = [f"Per-class AP ({iou_type}); '-': no ground truth in the evaluated images",
+             f"{'id':>5}  {'class':<{width}}  {'AP':>6}  {'AP50':>6}  {'instances':>9}"]
+    lines += [f"{r['category_id']:>5}  {r['name']:<{width}}  {_figure(r['AP']):>6}  {_figure(r['AP50']):>6}  "
+              f"{r['instances']:>9}" for r in rows]
+    scored = [r for r in rows if r["AP"] is not None]
+    mean_ap = float(np.mean([r["AP"] for r in scored])) if scored else None
+    mean_ap50 = float(np.mean([r["AP50"] for r in scored])) if scored else None
+    lines.append(f"{'':>5}  {'mean':<{width}}  {_figure(mean_ap):>6}  {_figure(mean_ap50):>6}  "
+                 f"{sum(r['instances'] for r in rows):>9}")
+    return "\n".join(lines)
