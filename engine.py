@@ -114,11 +114,66 @@ def _non_finite_terms(terms: dict[str, float], weight_dict: dict[str, float]) ->
     return ", ".join(f"{k}={terms[k]}" for k in (weighted or bad)) or "none (overflow in the sum)"
 
 
+# The predictions the matcher reads, in the last decoder layer's outputs and each of aux_outputs and
+# enc_outputs.
+_MATCHED = ("pred_logits", "pred_boxes")
+
+
+def _prediction_sets(outputs: dict) -> list[tuple[str, dict]]:
+    """Each set of predictions in the model's outputs, named with the layer that made it."""
+    sets = [("the last decoder layer", outputs)]
+    sets += [(f"decoder layer {i} (aux_outputs[{i}])", aux)
+             for i, aux in enumerate(outputs.get("aux_outputs", []))]
+    if "enc_outputs" in outputs:
+        sets.append(("the encoder proposals (enc_outputs)", outputs["enc_outputs"]))
+    return sets
+
+
+def _non_finite_outputs(outputs: dict) -> list[str]:
+    """The model's predictions that hold NaN or inf (one device read each: for messages only)."""
+    return [f"{key} of {where}" for where, out in _prediction_sets(outputs)
+            for key in ("pred_logits", "pred_boxes", "pred_masks")
+            if isinstance(out.get(key), Tensor) and not torch.isfinite(out[key]).all()]
+
+
+def _finite_copy(out: dict) -> dict:
+    """``out`` with NaN -> 0, +inf -> 1, -inf -> 0 in the predictions the matcher reads."""
+    return {**out, **{k: torch.nan_to_num(out[k], nan=0.0, posinf=1.0, neginf=0.0)
+                      for k in _MATCHED if k in out}}
+
+
+def _criterion(criterion: nn.Module, outputs: dict, targets) -> dict[str, Tensor]:
+    """The criterion's losses, NaN when a prediction the matcher reads is not finite.
+
+    Such predictions (fp16 overflow, a diverged model) leave no finite matching cost: the matcher,
+    and the GIoU of the boxes, would stop with an error. The criterion gets them with NaN -> 0,
+    +inf -> 1, -inf -> 0 instead (the same values and gradients wherever they are finite), and NaN is
+    added to every loss if any was not: the step then has its usual terms and graph, every process
+    takes part in the loss reduction and DistributedDataParallel's gradient all-reduce as in any
+    step, and all of them find the step not finite (a stop, or a skip under --amp fp16) together.
+    """
+    checked = [out[k] for _, out in _prediction_sets(outputs) for k in _MATCHED if k in out]
+    if not checked:
+        return criterion(outputs, targets)
+    stand_in = _finite_copy(outputs)
+    if "aux_outputs" in outputs:
+        stand_in["aux_outputs"] = [_finite_copy(aux) for aux in outputs["aux_outputs"]]
+    if "enc_outputs" in outputs:
+        stand_in["enc_outputs"] = _finite_copy(outputs["enc_outputs"])
+    finite = torch.stack([torch.isfinite(t).all() for t in checked]).all()  # stays on the device
+    nan_if_not = torch.where(finite, 0.0, math.nan)
+    return {k: v + nan_if_not for k, v in criterion(stand_in, targets).items()}
+
+
 def _what_was_not_finite(loss: float, terms: dict[str, float], weight_dict: dict[str, float],
-                         grad_norm: float) -> str:
-    if not math.isfinite(loss):
-        return f"loss is {loss}; non-finite terms: {_non_finite_terms(terms, weight_dict)}"
-    return f"gradients not finite: total norm {grad_norm}, with a finite loss of {loss:.4f}"
+                         grad_norm: float, outputs: dict) -> str:
+    if math.isfinite(loss):
+        return f"gradients not finite: total norm {grad_norm}, with a finite loss of {loss:.4f}"
+    bad = _non_finite_outputs(outputs)
+    if bad:
+        return (f"the model's outputs hold NaN/inf in {', '.join(bad)}, so neither the matching cost nor "
+                "the loss is finite")
+    return f"loss is {loss}; non-finite terms: {_non_finite_terms(terms, weight_dict)}"
 
 
 def _log_terms(logger: MetricLogger, loss: float, terms: dict[str, float],
@@ -139,18 +194,24 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
                     max_norm: float = 0, print_freq: int = 10, max_iters: int = 0,
                     amp: str | None = None, scaler: torch.amp.GradScaler | None = None, *,
                     find_unused_parameters: bool = False, print_all_terms: bool = False,
-                    max_consecutive_skips: int = MAX_CONSECUTIVE_SKIPS) -> dict[str, float]:
+                    max_consecutive_skips: int = MAX_CONSECUTIVE_SKIPS, start_iteration: int = 0
+                    ) -> dict[str, float]:
     """One pass over ``data_loader`` (or its first ``max_iters`` batches); returns epoch averages.
 
     The returned stats use the public log names: ``loss_ce`` is the weighted term, ``loss_ce_unscaled``
     the raw one. Without ``scaler`` a non-finite loss or gradient stops training before the update
-    (NonFiniteLossError). With ``scaler`` (``--amp fp16``) such a step is skipped, as GradScaler
-    intends, and counted (``amp_skipped_steps``); it enters no average. Training stops only after
-    ``max_consecutive_skips`` skipped steps in a row.
+    (NonFiniteLossError, naming the iteration, the terms and the non-finite outputs). With ``scaler``
+    (``--amp fp16``) such a step is skipped, as GradScaler intends, and counted
+    (``amp_skipped_steps``); it enters no average. Training stops only after
+    ``max_consecutive_skips`` skipped steps in a row. Non-finite predictions make the loss NaN
+    (``_criterion``), not an error of the matcher.
 
     After the first backward pass every trainable parameter must have a gradient, unless
     ``find_unused_parameters`` (or the DDP model was built with it): DDP without that option would
     fail at the next step with an error that names neither the parameters nor the flag.
+
+    ``start_iteration``: the epoch's iterations done before ``data_loader``'s first batch (a
+    mid-epoch resume).
     """
     model.train()
     criterion.train()
@@ -159,6 +220,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     logger.add_meter("class_error", SmoothedValue(window_size=1, fmt="{value:.2f}"))
     logger.add_meter("grad_norm", SmoothedValue(window_size=1, fmt="{value:.2f}"))
     total = len(data_loader) if not max_iters else min(max_iters, len(data_loader))
+    epoch_length = start_iteration + total
     weight_dict = criterion.weight_dict
     params = [p for g in optimizer.param_groups for p in g["params"]]
     check_unused = not (find_unused_parameters or getattr(model, "find_unused_parameters", False))
@@ -166,8 +228,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     batches = _limited(DataPrefetcher(data_loader, device, prefetch=True), max_iters)
     for i, (samples, targets) in enumerate(logger.log_every(batches, print_freq, f"Epoch: [{epoch}]",
                                                             total=total)):
-        outputs = _forward(model, samples, device, amp)
-        loss_dict = criterion(to_float32(outputs), targets)
+        outputs = to_float32(_forward(model, samples, device, amp))
+        loss_dict = _criterion(criterion, outputs, targets)
         losses = sum(loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict)
         # The same numbers on every rank, so that every rank skips or stops together.
         loss_dict_reduced = reduce_dict(loss_dict)
@@ -192,10 +254,12 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         terms, grad_norm_value = dict(zip(names, values[:-1])), values[-1]
         loss_value = sum(terms[k] * weight_dict[k] for k in names if k in weight_dict)
         finite = math.isfinite(loss_value) and math.isfinite(grad_norm_value)
+        if not finite:
+            where = f"iteration {start_iteration + i} of {epoch_length}"
+            what = _what_was_not_finite(loss_value, terms, weight_dict, grad_norm_value, outputs)
         if scaler is None:
             if not finite:
-                what = _what_was_not_finite(loss_value, terms, weight_dict, grad_norm_value)
-                raise NonFiniteLossError(f"{what}; stopping training. {_ADVICE}")
+                raise NonFiniteLossError(f"{where}: {what}; stopping training. {_ADVICE}")
             optimizer.step()
         elif finite:
             scaler.step(optimizer)
@@ -204,13 +268,12 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         else:
             skipped += 1
             in_a_row = _consecutive_skips[scaler] = _consecutive_skips.get(scaler, 0) + 1
-            what = _what_was_not_finite(loss_value, terms, weight_dict, grad_norm_value)
             if in_a_row >= max_consecutive_skips:
-                raise NonFiniteLossError(f"--amp fp16: {in_a_row} consecutive steps skipped, stopping "
-                                         f"training; the last: {what}. {_ADVICE}")
+                raise NonFiniteLossError(f"{where}: --amp fp16: {in_a_row} consecutive steps skipped, "
+                                         f"stopping training; the last: {what}. {_ADVICE}")
             # update() without step(): the scale drops if the gradients overflowed, the weights stay.
             scaler.update()
-            print(f"Epoch: [{epoch}] iteration {i}: --amp fp16 step skipped, the weights unchanged ({what}); "
+            print(f"Epoch: [{epoch}] {where}: --amp fp16 step skipped, the weights unchanged ({what}); "
                   f"{skipped} skipped this epoch, {in_a_row} in a row", flush=True)
 
         if math.isfinite(loss_value):
@@ -229,6 +292,19 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     return stats
 
 
+def _drop_non_finite(results: list[dict]) -> int:
+    """Remove the detections whose score or box is NaN/inf (COCOeval cannot rank or match them) from
+    each image's results; returns how many there were."""
+    dropped = 0
+    for r in results:
+        keep = torch.isfinite(r["scores"]) & torch.isfinite(r["boxes"]).all(-1)  # (k,)
+        n = len(keep) - int(keep.sum())
+        if n:
+            dropped += n
+            r.update({key: v[keep] for key, v in r.items() if isinstance(v, Tensor) and len(v) == len(keep)})
+    return dropped
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_loader: Iterable,
              base_ds, device: torch.device, output_dir: str = "", print_freq: int = 10,
@@ -238,8 +314,12 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
 
     Returns (stats, coco_evaluator): stats holds the averaged losses (public names, as in training),
     ``coco_eval_bbox`` and, with a mask head, ``coco_eval_masks`` (the 12 COCOeval numbers each);
-    coco_evaluator is None without COCO ground truth. A batch whose loss is not finite (possible
-    under --amp fp16) is left out of the loss averages, so that the stats stay valid JSON.
+    coco_evaluator is None without COCO ground truth.
+
+    Non-finite outputs (possible under --amp fp16, or from a diverged model) do not stop the
+    evaluation: a batch whose loss is not finite is left out of the loss averages, so that the stats
+    stay valid JSON, and detections whose score or box is not finite are dropped (they count as
+    misses); both are counted and the outputs named in one line at the end.
     """
     model.eval()
     criterion.eval()
@@ -256,13 +336,13 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
         panoptic_evaluator = build_panoptic_evaluator(data_loader, output_dir)
     weight_dict = criterion.weight_dict
     total = len(data_loader) if not max_iters else min(max_iters, len(data_loader))
-    non_finite = 0
+    non_finite, dropped, bad_outputs = 0, 0, {}
     batches = _limited(DataPrefetcher(data_loader, device, prefetch=True), max_iters)
     for samples, targets in logger.log_every(batches, print_freq, "Test:", total=total):
         with autocast(device, amp):
             outputs = model(samples)
         outputs = to_float32(outputs)
-        loss_dict_reduced = reduce_dict(criterion(outputs, targets))
+        loss_dict_reduced = reduce_dict(_criterion(criterion, outputs, targets))
         names = list(loss_dict_reduced)
         terms = dict(zip(names, torch.stack([loss_dict_reduced[k].float() for k in names]).tolist()))
         loss_value = sum(terms[k] * weight_dict[k] for k in names if k in weight_dict)
@@ -270,12 +350,14 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
             _log_terms(logger, loss_value, terms, weight_dict)
         else:
             non_finite += 1
+            bad_outputs.update(dict.fromkeys(_non_finite_outputs(outputs)))
 
         orig_target_sizes = torch.stack([t["orig_size"] for t in targets], dim=0)
         results = postprocessors["bbox"](outputs, orig_target_sizes)
         if "segm" in postprocessors:
             target_sizes = torch.stack([t["size"] for t in targets], dim=0)
             results = postprocessors["segm"](results, outputs, orig_target_sizes, target_sizes)
+        dropped += _drop_non_finite(results)
         if coco_evaluator is not None:
             coco_evaluator.update({t["image_id"].item(): r for t, r in zip(targets, results)})
         if panoptic_evaluator is not None:
@@ -284,9 +366,11 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
             panoptic_evaluator.update(panoptic, targets)
 
     logger.synchronize_between_processes()
-    if non_finite:
-        print(f"Test: the loss of {non_finite} batch(es) was not finite; the loss averages leave them out",
-              flush=True)
+    if non_finite or dropped:
+        where = f" (NaN/inf in {', '.join(bad_outputs)})" if bad_outputs else ""
+        print(f"Test: the loss of {non_finite} batch(es) was not finite{where}: the loss averages leave "
+              f"them out; {dropped} detection(s) with a non-finite score or box were dropped (they count as "
+              "misses)", flush=True)
     print("Averaged stats:", logger, flush=True)
     stats = {k: meter.global_avg for k, meter in logger.meters.items() if meter.count}
     if coco_evaluator is not None:

@@ -442,7 +442,8 @@ def main(args) -> dict:
                                                   max_iters=args.max_iters_per_epoch, amp=args.amp,
                                                   scaler=scaler,
                                                   find_unused_parameters=args.find_unused_parameters,
-                                                  print_all_terms=args.print_all_terms)
+                                                  print_all_terms=args.print_all_terms,
+                                                  start_iteration=stopped_part[1])
                 except NonFiniteLossError as e:
                     raise SystemExit(f"Training stopped at epoch {epoch}: {e}") from e
                 (first_stats, first_count), stopped_part = stopped_part, ({}, 0)

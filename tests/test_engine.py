@@ -464,3 +464,12 @@ def test_a_training_step_reads_the_device_once(monkeypatch):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     train_one_epoch(model, _ManyTerms(), _loader(3), opt, torch.device("cpu"), 0, max_norm=0.1)
     assert len(reads) == 3, reads
+
+
+def test_a_stop_names_the_iteration_counting_those_before_a_mid_epoch_resume():
+    model = _Model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    expected = r"^iteration 6 of 8: loss is inf; non-finite terms: loss_b=inf"
+    with pytest.raises(NonFiniteLossError, match=expected):
+        train_one_epoch(model, _Criterion(bad_call=2), _loader(3), opt, torch.device("cpu"), 0,
+                        start_iteration=5)
