@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
-from datasets.coco_eval import CocoEvaluator
+from datasets.coco_eval import CocoEvaluator, per_class_table
 from datasets.data_prefetcher import DataPrefetcher
 from util.dist import reduce_dict
 from util.logger import MetricLogger, SmoothedValue
@@ -314,7 +314,8 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
 
     Returns (stats, coco_evaluator): stats holds the averaged losses (public names, as in training),
     ``coco_eval_bbox`` and, with a mask head, ``coco_eval_masks`` (the 12 COCOeval numbers each);
-    coco_evaluator is None without COCO ground truth.
+    coco_evaluator is None without COCO ground truth. The per-class AP table of each IoU type is
+    printed after the COCO summary.
 
     Non-finite outputs (possible under --amp fp16, or from a diverged model) do not stop the
     evaluation: a batch whose loss is not finite is left out of the loss averages, so that the stats
@@ -381,6 +382,8 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
             # The public log names: coco_eval_bbox and coco_eval_masks.
             key = "coco_eval_masks" if iou_type == "segm" else f"coco_eval_{iou_type}"
             stats[key] = coco_evaluator.coco_eval[iou_type].stats.tolist()
+        for iou_type, rows in coco_evaluator.per_class().items():
+            print(per_class_table(rows, iou_type), flush=True)
     if panoptic_evaluator is not None:
         panoptic_evaluator.synchronize_between_processes()
         pq = panoptic_evaluator.summarize()

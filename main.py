@@ -313,6 +313,15 @@ def _write_eval_outputs(output_dir: str, stats: dict, coco_evaluator) -> None:
     print(f"Wrote {os.path.join(output_dir, 'eval_stats.json')} and results_bbox.json", flush=True)
 
 
+def _write_per_class(output_dir: str, coco_evaluator, epoch: int | None) -> None:
+    """eval_per_class.json after every evaluation: each category's AP, AP50 and ground-truth count per
+    IoU type ("bbox", "segm"), AP null for a category without ground truth; epoch null with --eval."""
+    if coco_evaluator is None or not output_dir or not dist_utils.is_main_process():
+        return
+    path = os.path.join(output_dir, "eval_per_class.json")
+    _write_json(path, {"epoch": epoch, **coco_evaluator.per_class()})
+
+
 def _checkpoint_paths(output_dir: str, epoch: int, args) -> list[str]:
     paths = [os.path.join(output_dir, "checkpoint.pth")]
     # Keep an extra copy before each lr drop (every lr_drop epochs for StepLR) and every 5 epochs.
@@ -399,6 +408,7 @@ def main(args) -> dict:
         stats, coco_evaluator = evaluate(model, criterion, postprocessors, loader_val, base_ds, device,
                                          output_dir, **eval_kwargs)
         _write_eval_outputs(output_dir, stats, coco_evaluator)
+        _write_per_class(output_dir, coco_evaluator, None)
         return stats
 
     print("Start training", flush=True)
@@ -417,6 +427,7 @@ def main(args) -> dict:
             with preserved_rng():
                 test_stats, coco_evaluator = evaluate(model, criterion, postprocessors, loader_val, base_ds,
                                                       device, output_dir, **eval_kwargs)
+            _write_per_class(output_dir, coco_evaluator, epoch)
             if last:
                 _write_eval_outputs(output_dir, test_stats, coco_evaluator)
         log_stats = {**{f"train_{k}": v for k, v in train_stats.items()},

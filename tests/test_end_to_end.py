@@ -61,6 +61,20 @@ def test_train_then_evaluate_writes_log_checkpoint_and_stats(trained):
     assert ckpt["epoch"] == 0 and isinstance(ckpt["args"], argparse.Namespace)
 
 
+def test_every_evaluation_writes_per_class_ap_named_from_the_ground_truth(trained):
+    from datasets.toy import CLASSES
+
+    out, stats = trained
+    per_class = json.loads((out / "eval_per_class.json").read_text())
+    assert set(per_class) == {"epoch", "bbox"} and per_class["epoch"] == 0
+    rows = per_class["bbox"]
+    assert [(r["category_id"], r["name"]) for r in rows] == [(c, name) for c, name, _ in CLASSES]
+    scored = [r for r in rows if r["AP"] is not None]
+    assert scored and all(r["instances"] > 0 for r in scored)
+    assert all(r["instances"] == 0 and r["AP50"] is None for r in rows if r["AP"] is None)
+    assert sum(r["AP"] for r in scored) / len(scored) == pytest.approx(stats["coco_eval_bbox"][0])
+
+
 def test_resume_restores_optimizer_scheduler_and_epoch(trained, tmp_path):
     out, _ = trained
     saved = load_checkpoint(str(out / "checkpoint.pth"))
@@ -103,6 +117,9 @@ def test_original_format_checkpoint_evaluates(trained, tmp_path):
     assert written == pytest.approx(stats["coco_eval_bbox"])
     # The same weights give the same evaluation as at the end of training.
     assert written == pytest.approx(json.loads((out / "eval_stats.json").read_text())["coco_eval_bbox"])
+    per_class = json.loads((tmp_path / "eval_per_class.json").read_text())
+    assert per_class["epoch"] is None
+    assert per_class["bbox"] == json.loads((out / "eval_per_class.json").read_text())["bbox"]
 
 
 class _Payload:
