@@ -12,6 +12,7 @@ from datasets.coco_eval import CocoEvaluator, per_class_table
 from datasets.data_prefetcher import DataPrefetcher
 from util.dist import reduce_dict
 from util.logger import MetricLogger, SmoothedValue
+from util.tensorboard_writer import TensorBoardWriter
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -176,10 +177,15 @@ def _what_was_not_finite(loss: float, terms: dict[str, float], weight_dict: dict
     return f"loss is {loss}; non-finite terms: {_non_finite_terms(terms, weight_dict)}"
 
 
+def _weighted(terms: dict[str, float], weight_dict: dict[str, float]) -> dict[str, float]:
+    """The terms of the loss, each times its weight (the public log's ``loss_ce``)."""
+    return {k: v * weight_dict[k] for k, v in terms.items() if k in weight_dict}
+
+
 def _log_terms(logger: MetricLogger, loss: float, terms: dict[str, float],
                weight_dict: dict[str, float]) -> None:
     """The public log names: ``loss_ce`` weighted, ``loss_ce_unscaled`` raw; ``class_error`` as is."""
-    logger.update(loss=loss, **{k: v * weight_dict[k] for k, v in terms.items() if k in weight_dict},
+    logger.update(loss=loss, **_weighted(terms, weight_dict),
                   **{f"{k}_unscaled": v for k, v in terms.items()})
     if "class_error" in terms:
         logger.update(class_error=terms["class_error"])
@@ -194,8 +200,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
                     max_norm: float = 0, print_freq: int = 10, max_iters: int = 0,
                     amp: str | None = None, scaler: torch.amp.GradScaler | None = None, *,
                     find_unused_parameters: bool = False, print_all_terms: bool = False,
-                    max_consecutive_skips: int = MAX_CONSECUTIVE_SKIPS, start_iteration: int = 0
-                    ) -> dict[str, float]:
+                    max_consecutive_skips: int = MAX_CONSECUTIVE_SKIPS, start_iteration: int = 0,
+                    tensorboard: TensorBoardWriter | None = None) -> dict[str, float]:
     """One pass over ``data_loader`` (or its first ``max_iters`` batches); returns epoch averages.
 
     The returned stats use the public log names: ``loss_ce`` is the weighted term, ``loss_ce_unscaled``
@@ -211,7 +217,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     fail at the next step with an error that names neither the parameters nor the flag.
 
     ``start_iteration``: the epoch's iterations done before ``data_loader``'s first batch (a
-    mid-epoch resume).
+    mid-epoch resume). ``tensorboard``: receives the figures of each iteration a progress line shows.
     """
     model.train()
     criterion.train()
@@ -225,9 +231,18 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     params = [p for g in optimizer.param_groups for p in g["params"]]
     check_unused = not (find_unused_parameters or getattr(model, "find_unused_parameters", False))
     skipped = 0
+    step_figures: dict[str, float] = {}
+
+    def write_iteration(i: int, iteration_seconds: float, data_seconds: float) -> None:
+        figures = {**step_figures, "iteration_time": iteration_seconds, "data_time": data_seconds}
+        if device.type == "cuda":
+            figures["max_memory_allocated_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
+        tensorboard.iteration(epoch, start_iteration + i, figures)
+
     batches = _limited(DataPrefetcher(data_loader, device, prefetch=True), max_iters)
-    for i, (samples, targets) in enumerate(logger.log_every(batches, print_freq, f"Epoch: [{epoch}]",
-                                                            total=total)):
+    for i, (samples, targets) in enumerate(logger.log_every(
+            batches, print_freq, f"Epoch: [{epoch}]", total=total,
+            on_print=write_iteration if tensorboard is not None else None)):
         outputs = to_float32(_forward(model, samples, device, amp))
         loss_dict = _criterion(criterion, outputs, targets)
         losses = sum(loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict)
@@ -276,11 +291,17 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
             print(f"Epoch: [{epoch}] {where}: --amp fp16 step skipped, the weights unchanged ({what}); "
                   f"{skipped} skipped this epoch, {in_a_row} in a row", flush=True)
 
+        lr = optimizer.param_groups[0]["lr"]
         if math.isfinite(loss_value):
             _log_terms(logger, loss_value, terms, weight_dict)
         if finite:
             logger.update(grad_norm=grad_norm_value)
-        logger.update(lr=optimizer.param_groups[0]["lr"])
+        logger.update(lr=lr)
+        if tensorboard is not None:
+            step_figures = {"loss": loss_value, **_weighted(terms, weight_dict), "lr": lr,
+                            "grad_norm": grad_norm_value, "class_error": terms.get("class_error", math.nan)}
+            if scaler is not None:
+                step_figures["amp_skipped_steps"] = skipped
     logger.synchronize_between_processes()
     print("Averaged stats:", logger, flush=True)
     stats = {k: meter.global_avg for k, meter in logger.meters.items() if meter.count}

@@ -13,6 +13,7 @@ a requeued job with --resume continues in the middle of that epoch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -44,6 +45,7 @@ from util.run_state import (
     preserved_rng,
     set_rng_state,
 )
+from util.tensorboard_writer import open_tensorboard
 
 
 def match_name_keywords(name: str, keywords: list[str]) -> bool:
@@ -417,6 +419,7 @@ def main(args) -> dict:
     epoch_loader = EpochLoader(loader_train, stop, args.max_iters_per_epoch)
     unlogged = _unlogged_epoch(resumed, args)
     stopped_part = _continue_run(resumed, args, epoch_loader)
+    tensorboard = open_tensorboard(args, epoch_loader.epoch_length, stopped_part[1])
 
     def evaluate_and_log(epoch: int, train_stats: dict) -> dict:
         last = epoch + 1 == args.epochs
@@ -435,11 +438,13 @@ def main(args) -> dict:
                      "epoch": epoch, "n_parameters": n_parameters}
         if output_dir and dist_utils.is_main_process():
             _append_log(output_dir, log_stats)
+        if tensorboard is not None:
+            tensorboard.epoch(epoch, log_stats)
         return test_stats
 
     test_stats: dict = {}
     # SIGTERM: training finishes its batch and saves the epoch's progress; elsewhere the run ends at once.
-    with stop.handling():
+    with stop.handling(), tensorboard or contextlib.nullcontext():
         if unlogged is not None:
             print(f"Epoch {unlogged[0]} finished but its evaluation and log line did not: completing them",
                   flush=True)
@@ -454,7 +459,7 @@ def main(args) -> dict:
                                                   scaler=scaler,
                                                   find_unused_parameters=args.find_unused_parameters,
                                                   print_all_terms=args.print_all_terms,
-                                                  start_iteration=stopped_part[1])
+                                                  start_iteration=stopped_part[1], tensorboard=tensorboard)
                 except NonFiniteLossError as e:
                     raise SystemExit(f"Training stopped at epoch {epoch}: {e}") from e
                 (first_stats, first_count), stopped_part = stopped_part, ({}, 0)

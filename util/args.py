@@ -5,6 +5,7 @@ and this codebase's additions. Hyphenated spellings (``--batch-size``) are accep
 underscored flag because the BatchFormer README uses them.
 """
 import argparse
+import importlib.util
 import math
 import os
 import sys
@@ -162,6 +163,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--find_unused_parameters", action="store_true",
                    help="tell DistributedDataParallel that some parameters may get no gradient (slower; "
                         "needed only for a model changed so that some trainable parameters leave the loss)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write the training scalars (losses, lr, grad norm, COCO stats, times) for "
+                        "TensorBoard to OUTPUT_DIR/tensorboard (log.txt stays the record)")
     p.add_argument("--allow_partial_load", action="store_true",
                    help="load a --resume/--frozen_weights checkpoint of another architecture anyway: "
                         "what fits is loaded, the rest stays at its initial values (reported)")
@@ -356,7 +360,14 @@ def _check_paths(args: argparse.Namespace) -> str | None:
         if path and not (name == "frozen_weights" and _is_url(path)) and not os.path.isfile(path):
             return f"{_flag(name)} {path}: no such file"
     problem = _creatable_dir_problem(getattr(args, "output_dir", ""))
-    return f"--output_dir {problem}" if problem else None
+    if problem:
+        return f"--output_dir {problem}"
+    if getattr(args, "tensorboard", False):
+        if not getattr(args, "output_dir", ""):
+            return "--tensorboard writes to OUTPUT_DIR/tensorboard: give --output_dir"
+        if importlib.util.find_spec("tensorboard") is None:
+            return "--tensorboard needs the tensorboard package: pip install tensorboard"
+    return None
 
 
 def _check_device(args: argparse.Namespace) -> str | None:
@@ -413,6 +424,9 @@ def args_notices(args: argparse.Namespace) -> list[str]:
         notes.append(f"--bf {args.bf} with --batch_size {args.batch_size}: the BatchFormer attends across "
                      "the images of each device's batch, so with one image it attends to nothing but "
                      "itself; use --batch_size 2 or more (or --bf_scope global in a multi-process run)")
+    if getattr(args, "tensorboard", False) and args.eval:
+        notes.append("--tensorboard with --eval records nothing: it follows training; the evaluation's "
+                     "figures are in OUTPUT_DIR/eval_stats.json and eval_per_class.json")
     if not args.bf:
         unused = [f"--{name}" for name, default in (("bf_scope", "device"), ("bf_lr", 1.0),
                                                      ("bf_weight_decay", None))

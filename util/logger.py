@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -96,9 +96,13 @@ class MetricLogger:
     def add_meter(self, name: str, meter: SmoothedValue) -> None:
         self.meters[name] = meter
 
-    def log_every(self, iterable: Iterable, print_freq: int, header: str = "",
-                  total: int | None = None) -> Iterator:
-        """Yield from iterable, printing a progress line every print_freq iterations and at the end."""
+    def log_every(self, iterable: Iterable, print_freq: int, header: str = "", total: int | None = None,
+                  on_print: Callable[[int, float, float], None] | None = None) -> Iterator:
+        """Yield from iterable, printing a progress line every print_freq iterations and at the end.
+
+        ``on_print(i, iteration_seconds, data_seconds)`` runs with each progress line, once iteration i
+        is done: its time in all and the part spent waiting for its batch.
+        """
         n = total if total is not None else len(iterable)
         width = len(str(n))
         start = end = time.time()
@@ -117,6 +121,8 @@ class MetricLogger:
                 if torch.cuda.is_available():
                     parts.append(f"max mem: {torch.cuda.max_memory_allocated() / 2**20:.0f}MB")
                 print(self.delimiter.join(p for p in parts if p), flush=True)
+                if on_print is not None:
+                    on_print(i, iter_time.value, data_time.value)
             end = time.time()
         elapsed = time.time() - start
         total_time = datetime.timedelta(seconds=int(elapsed))

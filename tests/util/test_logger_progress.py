@@ -1,5 +1,6 @@
 """MetricLogger's progress lines: the meters chosen for the console, every meter kept."""
 import re
+import time
 
 from util.logger import MetricLogger, SmoothedValue
 
@@ -38,3 +39,19 @@ def test_a_meter_added_ahead_prints_only_once_updated():
     logger.update(grad_norm=1.5)
     assert str(logger) == "loss: 3.0000 (3.0000)  grad_norm: 1.50"
     assert str(MetricLogger()) == ""
+
+
+def test_on_print_gets_each_printed_iteration_once_done_with_its_times():
+    def slow(n):
+        for i in range(n):
+            time.sleep(0.02)  # waiting for the batch
+            yield i
+
+    calls = []
+    logger = MetricLogger()
+    for _ in logger.log_every(slow(5), 2, "Epoch: [0]", total=5, on_print=lambda *a: calls.append(a)):
+        time.sleep(0.01)  # the step
+    assert [i for i, _, _ in calls] == [0, 2, 4]  # every print_freq and the last
+    for _, iteration_seconds, data_seconds in calls:
+        assert 0.02 <= data_seconds < iteration_seconds
+        assert iteration_seconds >= 0.03
