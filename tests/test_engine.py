@@ -473,3 +473,31 @@ def test_a_stop_names_the_iteration_counting_those_before_a_mid_epoch_resume():
     with pytest.raises(NonFiniteLossError, match=expected):
         train_one_epoch(model, _Criterion(bad_call=2), _loader(3), opt, torch.device("cpu"), 0,
                         start_iteration=5)
+
+
+class _Recorder:
+    """Stands for the TensorBoard writer: records what train_one_epoch hands it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def iteration(self, epoch, iteration, scalars):
+        self.calls.append((epoch, iteration, scalars))
+
+
+def test_tensorboard_gets_each_printed_iteration_at_its_place_in_the_epoch():
+    model, crit = _Model(), _Criterion()
+    loader = _loader(3)
+    first = _Criterion()(model(loader[0][0]), loader[0][1])  # the first step's terms, before any update
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    recorder = _Recorder()
+    train_one_epoch(model, crit, loader, opt, torch.device("cpu"), 4, print_freq=2, start_iteration=5,
+                    tensorboard=recorder)
+    assert [(epoch, i) for epoch, i, _ in recorder.calls] == [(4, 5), (4, 7)]  # iterations 0 and 2 of 3
+    scalars = recorder.calls[0][2]
+    assert set(scalars) == {"loss", "loss_a", "loss_b", "lr", "grad_norm", "class_error", "iteration_time",
+                            "data_time"}
+    assert scalars["loss_a"] == pytest.approx(first["loss_a"].item(), rel=1e-6)
+    assert scalars["loss_b"] == pytest.approx(2 * first["loss_b"].item(), rel=1e-6)  # weighted
+    assert scalars["loss"] == pytest.approx(scalars["loss_a"] + scalars["loss_b"], rel=1e-6)
+    assert scalars["lr"] == 0.1 and scalars["class_error"] == 12.5 and scalars["iteration_time"] > 0

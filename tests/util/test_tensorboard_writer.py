@@ -14,7 +14,7 @@ import main as main_module
 from tests.tiny_model import tiny_flags
 from util import tensorboard_writer
 from util.args import args_notices, args_problem
-from util.tensorboard_writer import COCO_STAT_NAMES, epoch_scalars, open_tensorboard
+from util.tensorboard_writer import COCO_STAT_NAMES, TensorBoardWriter, epoch_scalars, open_tensorboard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Two iterations per epoch, each one written (--print_freq 1), one evaluated batch per epoch.
@@ -132,3 +132,17 @@ def test_epoch_scalars_names_the_coco_stats_and_leaves_out_what_is_not_a_figure(
     assert scalars["coco_bbox/AP50"] == 1 and scalars["coco_masks/AR100"] == 0.5
     assert scalars["panoptic/PQ_all_pq"] == 40.0 and scalars["epoch/train_loss"] == 3.5
     assert len(scalars) == 2 * 12 + 2 + 1
+
+
+def test_a_mid_epoch_resume_replaces_the_steps_from_its_iteration_on(tmp_path):
+    with TensorBoardWriter(str(tmp_path / "tensorboard"), iterations_per_epoch=4) as stopped:
+        for i in range(4):
+            stopped.iteration(1, i, {"loss": 10.0 + i})  # steps 4 .. 7
+    # The checkpoint holds epoch 1 up to iteration 2: the resumed run starts there.
+    with TensorBoardWriter(str(tmp_path / "tensorboard"), 4, start_epoch=1, start_iteration=2) as resumed:
+        for i in (2, 3):
+            resumed.iteration(1, i, {"loss": 20.0 + i})
+        resumed.epoch(1, {"train_loss": 1.5})
+    events = _events(tmp_path)
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(4, 10), (5, 11), (6, 22), (7, 23)]
+    assert [(e.step, e.value) for e in events.Scalars("epoch/train_loss")] == [(7, 1.5)]
