@@ -369,10 +369,12 @@ def main(args) -> dict:
     np.random.seed(seed)
     random.seed(seed)
 
-    from datasets import build_dataset, get_coco_api_from_dataset
+    from datasets import build_dataset, get_coco_api_from_dataset, resolve_classes
     from models import build_model
     from models.backbone import load_pretrained_backbone
 
+    # args.num_classes and args.class_names from the data (or as given), so that checkpoints record them
+    print(resolve_classes(args), flush=True)
     model, criterion, postprocessors = build_model(args)  # the data set's metadata from --dataset_file
     load_pretrained_backbone(model, args)  # building loads no weights
     model.to(device)

@@ -6,7 +6,6 @@ Adding a data set: a module with ``build(image_set, args)`` and one entry in ``_
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import os
@@ -21,6 +20,7 @@ from datasets.errors import (  # noqa: F401 (the package's public names)
     DatasetNotFoundError,
     DatasetReadError,
     data_error_message,
+    listing,
 )
 from util.metadata import DatasetMetadata
 
@@ -54,14 +54,29 @@ def _toy_panoptic_metadata(args: argparse.Namespace) -> DatasetMetadata:
     return DatasetMetadata(_OTHER_NUM_CLASSES, {c["id"]: bool(c["isthing"]) for c in categories()})
 
 
+def _coco_metadata(args: argparse.Namespace) -> DatasetMetadata:
+    from datasets.coco_categories import coco_metadata
+
+    return coco_metadata(args)
+
+
+def _coco_classes_origin(args: argparse.Namespace, metadata: DatasetMetadata) -> tuple[str, str]:
+    from datasets.coco_categories import coco_classes_origin
+
+    return coco_classes_origin(args, metadata)
+
+
 @dataclass(frozen=True)
 class _DatasetEntry:
     module: str  # holds build(image_set, args)
     metadata: Callable[[argparse.Namespace], DatasetMetadata]
+    # (why the classifier has its width, where the names come from) for the run's first lines; None: the
+    # data set's fixed width and names
+    classes_origin: Callable[[argparse.Namespace, DatasetMetadata], tuple[str, str]] | None = None
 
 
 _DATASETS = {
-    "coco": _DatasetEntry("datasets.coco", lambda args: DatasetMetadata(91)),  # max COCO category id + 1
+    "coco": _DatasetEntry("datasets.coco", _coco_metadata, _coco_classes_origin),
     "coco_panoptic": _DatasetEntry("datasets.coco_panoptic", _coco_panoptic_metadata),
     "toy": _DatasetEntry("datasets.toy", lambda args: DatasetMetadata(_OTHER_NUM_CLASSES)),
     "toy_panoptic": _DatasetEntry("datasets.toy_panoptic", _toy_panoptic_metadata),
@@ -82,13 +97,31 @@ def dataset_metadata(args: argparse.Namespace) -> DatasetMetadata:
 
     ``--num_classes`` replaces the data set's classifier width, and ``args.class_names`` (id -> name,
     recorded in checkpoints) its names."""
-    metadata = _entry(args).metadata(args)
-    if getattr(args, "num_classes", None) is not None:
-        metadata = dataclasses.replace(metadata, num_classes=args.num_classes)
-    names = getattr(args, "class_names", None)
-    if names is not None:
-        metadata = dataclasses.replace(metadata, class_names={int(k): str(v) for k, v in names.items()})
-    return metadata
+    return _entry(args).metadata(args).with_given(getattr(args, "num_classes", None),
+                                                  getattr(args, "class_names", None))
+
+
+def resolve_classes(args: argparse.Namespace) -> str:
+    """Set ``args.num_classes`` and ``args.class_names`` to what the model is built with, so that every
+    checkpoint records them (test.py and the tools read them back), and return the line that says where
+    they come from. Values already there (--num_classes, or a checkpoint's via test.py) are kept."""
+    width_given = args.num_classes is not None
+    names_given = getattr(args, "class_names", None) is not None
+    metadata = dataset_metadata(args)
+    args.num_classes = metadata.num_classes
+    args.class_names = dict(metadata.class_names) if metadata.class_names is not None else None
+    entry = _entry(args)
+    why, source = (entry.classes_origin(args, metadata) if entry.classes_origin is not None
+                   else (f"--dataset_file {args.dataset_file}'s", f"--dataset_file {args.dataset_file}"))
+    if width_given:
+        why = f"--num_classes {metadata.num_classes}"
+    if names_given:
+        source = "the checkpoint's args"
+    names = metadata.class_names
+    named = ("no category names" if not names else
+             f"{len(names)} categories named in {source}: "
+             + listing([f"{cid} {name}" for cid, name in sorted(names.items())]))
+    return f"classes: {metadata.num_classes} classifier outputs ({why}); {named}"
 
 
 def build_dataset(image_set: str, args: argparse.Namespace) -> Dataset:

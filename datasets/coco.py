@@ -1,36 +1,43 @@
-"""COCO detection: images + instance annotations -> (normalised image, target dict).
+"""COCO-format detection: images + instance annotations -> (normalised image, target dict).
 
-Targets (after the transforms): ``labels`` int64 (n,) raw COCO category ids, ``boxes`` (n, 4)
-normalised cxcywh, ``image_id`` (1,), ``orig_size`` and ``size`` (2,) as (h, w), ``area``,
-``iscrowd``, and ``masks`` bool (n, H, W) with ``return_masks``. Crowd regions are left out of the
-training targets; the ground truth used by COCOeval (``dataset.coco``) keeps them.
+Targets (after the transforms): ``labels`` int64 (n,) raw category ids, ``boxes`` (n, 4) normalised
+cxcywh, ``image_id`` (1,), ``orig_size`` and ``size`` (2,) as (h, w), ``area``, ``iscrowd``, and
+``masks`` bool (n, H, W) with ``return_masks``. Crowd regions are left out of the training targets; the
+ground truth used by COCOeval (``dataset.coco``) keeps them.
+
+Where the splits are: ``datasets.coco_source``; the classes: ``datasets.coco_categories``; what is
+checked when a split is built: ``datasets.coco_checks``.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import warnings
-from pathlib import Path
 
-import PIL.Image
 import torch
 from pycocotools import mask as coco_mask
 
 from datasets import transforms as T
-from datasets.errors import DatasetNotFoundError, DatasetReadError
+from datasets.coco_categories import category_names, check_ids_fit, check_same_categories, coco_metadata
+from datasets.coco_checks import check_annotated, check_masks, warn_about_boxes
+from datasets.coco_source import COCO_LAYOUT, SplitFiles, split_files
+from datasets.images import pixel_limit, read_size
 from datasets.torchvision_datasets import CocoDetection as _CocoImages
 from util.dist import get_local_rank, get_local_size, is_dist_avail_and_initialized
+from util.metadata import DatasetMetadata
 
-COCO_LAYOUT = ("train2017/, val2017/, annotations/instances_train2017.json and "
-               "annotations/instances_val2017.json")
+__all__ = ["COCO_LAYOUT", "CocoDetection", "ConvertCocoPolysToMask", "build", "build_from_folder",
+           "build_split", "convert_coco_poly_to_mask"]
 
 
 class CocoDetection(_CocoImages):
     """COCO-layout detection set; also reads the toy set, which has the same layout."""
 
     def __init__(self, img_folder, ann_file, transforms, return_masks: bool = False,
-                 cache_mode: bool = False, local_rank: int = 0, local_size: int = 1):
-        super().__init__(img_folder, ann_file, cache_mode=cache_mode,
-                         local_rank=local_rank, local_size=local_size)
+                 cache_mode: bool = False, local_rank: int = 0, local_size: int = 1,
+                 max_image_pixels: int | None = None, orient: bool = True):
+        super().__init__(img_folder, ann_file, cache_mode=cache_mode, local_rank=local_rank,
+                         local_size=local_size, max_image_pixels=max_image_pixels, orient=orient)
         self.fill_missing_sizes()
         self._transforms = transforms
         self.prepare = ConvertCocoPolysToMask(return_masks)
@@ -39,19 +46,12 @@ class CocoDetection(_CocoImages):
         """Give image entries without 'height'/'width' the size of their file (pycocotools and the
         public code accept such files). The evaluation's ground truth needs them to rasterise polygons,
         so they are read here, once, rather than in the data loader's workers; only the image header is
-        decoded."""
-        for image_id in self.ids:
-            info = self.coco.imgs[image_id]
-            if "height" in info and "width" in info:
-                continue
-            path = self.image_path(image_id)
-            try:
-                with PIL.Image.open(path) as img:
-                    info["width"], info["height"] = img.size
-            except FileNotFoundError as e:
-                raise DatasetNotFoundError(f"image file not found: {path}") from e
-            except (OSError, SyntaxError, ValueError) as e:
-                raise DatasetReadError(f"cannot read image {path}: {e}") from e
+        decoded. The size is the one annotation tools show: EXIF orientation applied (if ``orient``)."""
+        with pixel_limit(self.max_image_pixels):  # PIL checks the pixel count when it opens the file
+            for image_id in self.ids:
+                info = self.coco.imgs[image_id]
+                if "height" not in info or "width" not in info:
+                    info["width"], info["height"] = read_size(self.image_path(image_id), self.orient)
 
     def __getitem__(self, index: int):
         image, annotations = super().__getitem__(index)
@@ -112,43 +112,62 @@ class ConvertCocoPolysToMask:
             "orig_size": torch.as_tensor([h, w]),
             "size": torch.as_tensor([h, w]),
         }
-        if self.return_masks:
-            missing = [a["id"] for a in anns if "segmentation" not in a]
-            if missing:
-                raise ValueError(f"image {target['image_id']}: annotations {missing[:5]} have no "
-                                 "'segmentation', which --masks needs")
+        if self.return_masks:  # every annotation has a segmentation (coco_checks.check_masks)
             masks = convert_coco_poly_to_mask([a["segmentation"] for a in anns], h, w)
             out["masks"] = masks[keep]
         return image, out
 
 
-def check_coco_layout(root: Path, image_set: str) -> tuple[Path, Path]:
-    """(image folder, annotation file) of ``image_set``; a missing one names the expected layout."""
-    split = {"train": "train2017", "val": "val2017"}
-    if image_set not in split:
-        raise ValueError(f"unknown image_set {image_set!r}: expected 'train' or 'val'")
-    img_folder = root / split[image_set]
-    ann_file = root / "annotations" / f"instances_{split[image_set]}.json"
-    for path in (root, img_folder, ann_file):
-        if not path.exists():
-            raise DatasetNotFoundError(
-                f"COCO data not found: {path} does not exist (--coco_path {root} must hold {COCO_LAYOUT})"
-            )
-    return img_folder, ann_file
+def _check_split(dataset: CocoDetection, ann_file: str, image_set: str, args: argparse.Namespace,
+                 metadata: DatasetMetadata | None) -> None:
+    """The checks of ``datasets.coco_checks`` and ``datasets.coco_categories``, against the classifier
+    ``metadata`` describes (None: no class checks)."""
+    names = category_names(dataset.coco.dataset["categories"], ann_file)
+    if metadata is not None and metadata.class_names is not None:
+        expected_from = ("the validation split's" if image_set == "train" else
+                         "the class names the model was built with (recorded in its checkpoint)")
+        check_same_categories(names, ann_file, metadata.class_names, expected_from)
+    if metadata is not None:
+        check_ids_fit(names, ann_file, metadata.num_classes, f"--num_classes {metadata.num_classes}")
+    if dataset.prepare.return_masks:
+        check_masks(dataset.coco, ann_file)
+    trained = image_set == "train"
+    check_annotated(dataset.coco, ann_file, trained, evaluated_only=bool(getattr(args, "eval", False)))
+    warn_about_boxes(dataset.coco, dataset.ids, ann_file, evaluated=not trained)
 
 
-def build_from_folder(root, image_set: str, args, transforms) -> CocoDetection:
-    img_folder, ann_file = check_coco_layout(Path(root), image_set)
+def build_split(files: SplitFiles, image_set: str, args: argparse.Namespace, transforms,
+                metadata: DatasetMetadata | None) -> CocoDetection:
+    """The ``image_set`` split whose files are ``files``, checked (``_check_split``) against the classifier
+    ``metadata`` describes."""
     cache_mode = bool(getattr(args, "cache_mode", False))
     # Node-local shards only when NodeDistributedSampler hands out the indices (distributed runs).
     sharded = cache_mode and is_dist_avail_and_initialized()
-    return CocoDetection(
-        os.fspath(img_folder), os.fspath(ann_file), transforms=transforms,
+    dataset = CocoDetection(
+        os.fspath(files.images), os.fspath(files.annotations), transforms=transforms,
         return_masks=bool(getattr(args, "masks", False)), cache_mode=cache_mode,
         local_rank=get_local_rank() if sharded else 0,
         local_size=get_local_size() if sharded else 1,
+        max_image_pixels=getattr(args, "max_image_pixels", None),
+        # COCO's annotations were drawn on the stored pixels, and the public code reads them so
+        orient=files.layout != "coco",
     )
+    _check_split(dataset, os.fspath(files.annotations), image_set, args, metadata)
+    return dataset
+
+
+def build_from_folder(root, image_set: str, args, transforms) -> CocoDetection:
+    """The ``image_set`` split of the COCO-layout folder ``root`` (the toy set's cache is one), checked
+    against the classifier's width and names where ``args`` gives them (main.py always does)."""
+    files = split_files(image_set, argparse.Namespace(coco_path=root))
+    num_classes = getattr(args, "num_classes", None)
+    metadata = None if num_classes is None else DatasetMetadata(num_classes).with_given(
+        None, getattr(args, "class_names", None))
+    return build_split(files, image_set, args, transforms, metadata)
 
 
 def build(image_set: str, args) -> CocoDetection:
-    return build_from_folder(args.coco_path, image_set, args, T.make_coco_transforms(image_set))
+    # datasets.dataset_metadata(args), without importing the registry that imports this module
+    metadata = coco_metadata(args).with_given(None, getattr(args, "class_names", None))
+    transforms = T.make_coco_transforms(image_set)
+    return build_split(split_files(image_set, args), image_set, args, transforms, metadata)

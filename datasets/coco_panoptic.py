@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from datasets import transforms as T
 from datasets.errors import DatasetFormatError, DatasetNotFoundError, DatasetReadError
+from datasets.images import to_rgb8
 from datasets.panoptic_eval import read_panoptic_png
 from datasets.torchvision_datasets.coco import load_coco_api
 from util.box_ops import masks_to_boxes
@@ -99,7 +100,7 @@ class CocoPanoptic(Dataset):
 
 def _rgb(path: str) -> Image.Image:
     with Image.open(path) as im:
-        return im.convert("RGB")
+        return to_rgb8(im, path)
 
 
 def _read(path: str, what: str, reader):

@@ -30,3 +30,11 @@ def data_error_message(error: DatasetError) -> str:
     last = text.splitlines()[-1]
     head, sep, message = last.partition(": ")
     return message if sep and head.rsplit(".", 1)[-1] == type(error).__name__ else last
+
+
+def listing(items, limit: int = 10) -> str:
+    """The first ``limit`` of ``items``, comma-separated, and how many more there are: entries a message
+    names without growing past a line."""
+    items = [str(item) for item in items]
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more

@@ -124,7 +124,21 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     # data
     p.add_argument("--dataset_file", default="coco",
                    help="a data set of datasets.DATASET_FILES: coco, coco_panoptic, toy, toy_panoptic, ...")
-    p.add_argument("--coco_path", default="./data/coco", type=str)
+    p.add_argument("--coco_path", default="./data/coco", type=str,
+                   help="a folder in the COCO layout (train2017/, val2017/, annotations/instances_*.json) or "
+                        "as annotation tools export (train/, valid/, each with _annotations.coco.json)")
+    p.add_argument("--train_json", default=None, type=str,
+                   help="COCO-format annotation file of the training split (instead of --coco_path)")
+    p.add_argument("--train_images", default=None, type=str,
+                   help="folder the file_name entries of --train_json are relative to")
+    p.add_argument("--val_json", default=None, type=str,
+                   help="COCO-format annotation file of the validation split (instead of --coco_path)")
+    p.add_argument("--val_images", default=None, type=str,
+                   help="folder the file_name entries of --val_json are relative to")
+    p.add_argument("--max_image_pixels", default=None, type=int,
+                   help="Pillow's decompression-bomb limit for the data set's images: it warns above "
+                        "this many pixels and refuses twice as many (default: Pillow's, about 89 million; "
+                        "0: no limit)")
     p.add_argument("--coco_panoptic_path", type=str)
     p.add_argument("--toy_panoptic_root", default=None, type=str,
                    help="cache folder of --dataset_file toy_panoptic (default data/toy_panoptic)")
@@ -132,7 +146,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="cache folder of --dataset_file toy (default data/toy; generated if missing)")
     p.add_argument("--num_classes", default=None, type=int,
                    help="classifier width (labels are category ids, so at least the largest id + 1); "
-                        "default: the data set's (91 for coco, 250 for coco_panoptic, 20 for toy)")
+                        "default: the data set's (for coco the annotation file's largest category id + 1, "
+                        "but 91 for --coco_path in the COCO layout; 250 for coco_panoptic, 20 for toy)")
     p.add_argument("--remove_difficult", action="store_true")
     # run
     p.add_argument("--output_dir", default="", help="path where to save, empty for no saving")
@@ -216,7 +231,7 @@ _INT_MINIMA = {
     "batch_size": 1, "epochs": 0, "start_epoch": 0, "num_feature_levels": 1, "enc_layers": 1,
     "dec_layers": 1, "dim_feedforward": 1, "hidden_dim": 1, "nheads": 1, "num_queries": 1,
     "dec_n_points": 1, "enc_n_points": 1, "bt_num_layers": 1, "num_workers": 0, "print_freq": 1,
-    "max_iters_per_epoch": 0, "max_eval_iters": 0, "eval_every": 0, "num_classes": 1,
+    "max_iters_per_epoch": 0, "max_eval_iters": 0, "eval_every": 0, "num_classes": 1, "max_image_pixels": 0,
 }
 _NON_NEGATIVE = (
     "lr", "lr_backbone", "lr_linear_proj_mult", "weight_decay", "clip_max_norm", "position_embedding_scale",
@@ -310,9 +325,16 @@ def _check_data(args: argparse.Namespace) -> str | None:
 
     if args.dataset_file not in DATASET_FILES:
         return f"--dataset_file must be one of {', '.join(DATASET_FILES)}, got {args.dataset_file!r}"
-    if args.dataset_file in ("coco", "coco_panoptic") and not os.path.isdir(args.coco_path):
+    from datasets.coco_source import uses_split_flags
+
+    if uses_split_flags(args):
+        problem = _check_split_files(args)
+        if problem:
+            return problem
+    elif args.dataset_file in ("coco", "coco_panoptic") and not os.path.isdir(args.coco_path):
         return (f"--coco_path {args.coco_path}: no such folder (it holds train2017/, val2017/ and "
-                "annotations/instances_{train,val}2017.json; --dataset_file toy needs no data)")
+                "annotations/instances_{train,val}2017.json, or train/ and valid/ with their "
+                "_annotations.coco.json; --dataset_file toy needs no data)")
     if args.dataset_file == "coco_panoptic":
         if not args.coco_panoptic_path:
             return ("--dataset_file coco_panoptic needs --coco_panoptic_path (the folder with "
@@ -323,6 +345,31 @@ def _check_data(args: argparse.Namespace) -> str | None:
         problem = _creatable_dir_problem(getattr(args, name, None))
         if problem:
             return f"{_flag(name)} {problem}"
+    return None
+
+
+def _check_split_files(args: argparse.Namespace) -> str | None:
+    """The explicit annotation files and image folders (--train_json ... --val_images) of the splits the
+    run reads."""
+    from datasets.coco_source import SPLIT_FLAGS
+
+    given = next(_flag(name) for name in SPLIT_FLAGS if getattr(args, name, None))
+    if args.dataset_file != "coco":
+        return f"{given} is for --dataset_file coco (COCO-format annotation files), not {args.dataset_file}"
+    for split in ("val",) if args.eval else ("train", "val"):
+        ann_file, images = f"{split}_json", f"{split}_images"
+        for have, need in ((ann_file, images), (images, ann_file)):
+            if getattr(args, have, None) and not getattr(args, need, None):
+                return (f"{_flag(have)} needs {_flag(need)}: a split is an annotation file and its "
+                        "image folder")
+        if not getattr(args, ann_file, None):
+            use = "trains on" if split == "train" else "evaluates on"
+            return (f"{given} needs {_flag(ann_file)} and {_flag(images)} too (the run {use} the {split} "
+                    "split); or drop the explicit files and pass --coco_path")
+        if not os.path.isfile(getattr(args, ann_file)):
+            return f"{_flag(ann_file)} {getattr(args, ann_file)}: no such file"
+        if not os.path.isdir(getattr(args, images)):
+            return f"{_flag(images)} {getattr(args, images)}: no such folder"
     return None
 
 

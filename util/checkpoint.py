@@ -465,8 +465,9 @@ def load_weights(model: nn.Module, checkpoint: dict, args: argparse.Namespace, n
     return report
 
 
-# What test.py takes from a checkpoint besides STRUCTURAL_FLAGS: the data set fixes the number of classes.
-RECORDED_MODEL_FLAGS = (*STRUCTURAL_FLAGS, "dataset_file")
+# What test.py takes from a checkpoint besides STRUCTURAL_FLAGS: the data set and the classifier's width
+# and class names (set by main.py from the data; class_names is no flag, only recorded).
+RECORDED_MODEL_FLAGS = (*STRUCTURAL_FLAGS, "dataset_file", "num_classes", "class_names")
 
 
 def adopt_recorded_flags(args: argparse.Namespace, saved_args, given: set[str], name: str) -> list[str]:
@@ -489,7 +490,9 @@ def adopt_recorded_flags(args: argparse.Namespace, saved_args, given: set[str], 
                 notices.append(f"--{flag} {ours} from the command line overrides the checkpoint's {recorded}")
             continue
         setattr(args, flag, recorded)
-        if not _same(recorded, _flag_defaults().get(flag)):
+        if flag not in _flag_defaults():  # recorded only (class_names): no command line to show
+            adopted += [f"({len(recorded)} {flag.replace('_', ' ')})"] if recorded else []
+        elif not _same(recorded, _flag_defaults().get(flag)):
             adopted += as_command_line(flag, recorded)
     args.arch_overrides = [flag for flag in overridden if flag in STRUCTURAL_FLAGS]
     shown = " ".join(adopted) if adopted else "the default flags"

@@ -6,6 +6,7 @@ needs no change in ``models``. The type lives here, beside neither package, beca
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -29,3 +30,13 @@ class DatasetMetadata:
             if outside:
                 raise ValueError(f"DatasetMetadata: class ids {outside[:5]} are outside the classifier's "
                                  f"range [0, {self.num_classes})")
+
+    def with_given(self, num_classes: int | None, class_names: Mapping | None) -> DatasetMetadata:
+        """This description with the classifier's width (``--num_classes``) and names (recorded in a
+        checkpoint; JSON gives the ids as strings) where they are given."""
+        given: dict = {}
+        if num_classes is not None:
+            given["num_classes"] = num_classes
+        if class_names is not None:
+            given["class_names"] = {int(k): str(v) for k, v in class_names.items()}
+        return dataclasses.replace(self, **given) if given else self

@@ -1,8 +1,10 @@
-"""A COCO-layout image folder read through pycocotools, with optional in-memory caching.
+"""A COCO-format image folder read through pycocotools, with optional in-memory caching.
 
 ``CocoDetection[i]`` returns ``(PIL RGB image, list of the image's annotation dicts)``. The
 annotation file is checked before pycocotools sees it, so a malformed file fails with a message
-that says what is wrong and where, instead of a KeyError deep inside pycocotools.
+that says what is wrong and where, instead of a KeyError deep inside pycocotools. Images whose file
+is not in the folder are left out (one warning); the others are decoded by ``datasets.images`` (8-bit
+RGB, EXIF orientation) and must have the size their entry gives.
 
 With ``cache_mode`` the encoded image files are read into memory once; with ``local_size`` > 1
 each process keeps only the images whose index is ``local_rank`` modulo ``local_size``, the ones
@@ -20,7 +22,9 @@ import PIL.Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from datasets.errors import DatasetError, DatasetNotFoundError, DatasetReadError
+from datasets.coco_checks import present_image_ids
+from datasets.errors import DatasetError, DatasetFormatError, DatasetNotFoundError
+from datasets.images import pixel_limit, read_rgb
 
 # 'height' and 'width' are optional, as for pycocotools: the image file has them.
 _IMAGE_KEYS = ("id", "file_name")
@@ -49,7 +53,13 @@ def validate_coco_dict(data, ann_file: str) -> None:
     for i, cat in enumerate(data["categories"]):
         if not isinstance(cat, dict) or "id" not in cat:
             raise _fail(ann_file, f"categories[{i}] must be an object with an 'id'")
-        category_ids.add(cat["id"])
+        cid = cat["id"]
+        # Labels are the category ids themselves: they index the classifier's outputs.
+        if not isinstance(cid, int) or isinstance(cid, bool) or cid < 0:
+            raise _fail(ann_file, f"categories[{i}] has id {cid!r}; category ids must be integers >= 0")
+        if cid in category_ids:
+            raise _fail(ann_file, f"categories[{i}] repeats category id {cid}")
+        category_ids.add(cid)
     image_ids = set()
     for i, img in enumerate(data["images"]):
         if not isinstance(img, dict):
@@ -77,8 +87,8 @@ def validate_coco_dict(data, ann_file: str) -> None:
                                   f"{ann['image_id']!r}")
 
 
-def load_coco_api(ann_file: str) -> COCO:
-    """Read, check and index a COCO instances file (pycocotools' own prints are silenced)."""
+def read_coco_json(ann_file: str) -> dict:
+    """The instances dict of ``ann_file``, checked by ``validate_coco_dict``."""
     if not os.path.isfile(ann_file):
         raise DatasetNotFoundError(f"annotation file not found: {ann_file}")
     try:
@@ -87,6 +97,12 @@ def load_coco_api(ann_file: str) -> COCO:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _fail(ann_file, f"not valid JSON ({e})") from e
     validate_coco_dict(data, ann_file)
+    return data
+
+
+def load_coco_api(ann_file: str) -> COCO:
+    """Read, check and index a COCO instances file (pycocotools' own prints are silenced)."""
+    data = read_coco_json(ann_file)
     for ann in data["annotations"]:
         # COCOeval reads 'area' (area ranges) and 'iscrowd'; fill them the way COCO defines them.
         ann.setdefault("iscrowd", 0)
@@ -99,25 +115,26 @@ def load_coco_api(ann_file: str) -> COCO:
     return coco
 
 
-def read_image(path: str, data: bytes | None = None) -> PIL.Image.Image:
-    """Decode an image file (or its cached bytes) to RGB, naming the file if that fails."""
-    try:
-        with PIL.Image.open(io.BytesIO(data) if data is not None else path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError as e:
-        raise DatasetNotFoundError(f"image file not found: {path}") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DatasetReadError(f"cannot read image {path}: {e}") from e
+def read_image(path: str, data: bytes | None = None, annotated_size: tuple[int, int] | None = None,
+               orient: bool = True) -> PIL.Image.Image:
+    """Decode an image file (or its cached bytes) to 8-bit RGB as annotation tools show it (EXIF
+    orientation applied unless ``orient`` is False; ``datasets.images.read_rgb``), naming the file if
+    that fails."""
+    return read_rgb(path, data, annotated_size, orient)
 
 
 class CocoDetection(Dataset):
     """Images of ``img_folder`` listed in ``ann_file``; item = (RGB image, annotation dicts)."""
 
     def __init__(self, img_folder: str, ann_file: str, transforms=None, cache_mode: bool = False,
-                 local_rank: int = 0, local_size: int = 1):
+                 local_rank: int = 0, local_size: int = 1, max_image_pixels: int | None = None,
+                 orient: bool = True):
         self.root = img_folder
+        self.ann_file = ann_file
+        self.max_image_pixels = max_image_pixels  # None: Pillow's limit; 0: none (datasets.images)
+        self.orient = orient  # apply EXIF orientation (False: the stored pixels, as for COCO itself)
         self.coco = load_coco_api(ann_file)
-        self.ids = sorted(self.coco.imgs.keys())
+        self.ids = present_image_ids(self.coco, img_folder, ann_file)  # missing files: left out, warned
         self.transforms = transforms
         self.cache_mode = cache_mode
         self.local_rank = local_rank
@@ -141,9 +158,25 @@ class CocoDetection(Dataset):
             except FileNotFoundError as e:
                 raise DatasetNotFoundError(f"image file not found: {path}") from e
 
+    def annotated_size(self, image_id: int) -> tuple[int, int] | None:
+        """(w, h) as the image's entry in the annotation file gives it (None where it gives none)."""
+        info = self.coco.imgs[image_id]
+        return (info["width"], info["height"]) if "width" in info and "height" in info else None
+
     def get_image(self, image_id: int) -> PIL.Image.Image:
+        """The decoded image; one whose size is not its annotation entry's stops with an error naming
+        both (its boxes would not line up with its pixels)."""
         path = self.image_path(image_id)
-        return read_image(path, self.cache.get(path))
+        annotated = self.annotated_size(image_id)
+        with pixel_limit(self.max_image_pixels):
+            image = read_image(path, self.cache.get(path), annotated, self.orient)
+        if annotated is not None and image.size != annotated:
+            frame = "EXIF orientation applied" if self.orient else "as stored"
+            raise DatasetFormatError(
+                f"image {path} is {image.size[0]} x {image.size[1]} pixels (w x h, {frame}) but its entry "
+                f"in {self.ann_file} (image id {image_id}) says {annotated[0]} x {annotated[1]}: its boxes "
+                "would not line up with its pixels; correct the entry's width/height or the file")
+        return image
 
     def __getitem__(self, index: int):
         image_id = self.ids[index]
