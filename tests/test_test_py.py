@@ -162,3 +162,44 @@ def test_a_flag_conflict_found_while_running_ends_like_a_bad_flag(checkpoint, tm
         script.cli(["--resume", checkpoint, *RUN, "--output_dir", str(tmp_path)])
     assert info.value.code == 2
     assert "test.py: error: --num_queries (300) exceeds" in capsys.readouterr().err
+
+
+# Flags away from their defaults that change what the evaluation computes or prints, though not
+# which tensors the model has: the BatchFormer at inference, the matcher's costs, the loss weights.
+EVALUATION = ("--bf", "1", "--insert_idx", "0", "--eval_bf", "--set_cost_class", "1", "--set_cost_giou",
+              "3", "--cls_loss_coef", "3", "--bbox_loss_coef", "4", "--giou_loss_coef", "1", "--focal_alpha",
+              "0.4", "--no_aux_loss")
+
+
+def _evaluations(monkeypatch) -> list[dict]:
+    """The stats of every evaluation main.main runs from now on."""
+    returned = []
+    run_main = main_module.main
+
+    def recording(*args, **kwargs):
+        stats = run_main(*args, **kwargs)
+        returned.append(stats)
+        return stats
+
+    monkeypatch.setattr(main_module, "main", recording)
+    return returned
+
+
+def test_the_test_loss_is_the_training_runs_evaluation_loss(tmp_path, monkeypatch, capsys):
+    """Every flag that changes the evaluation travels with the checkpoint, and the notice lists it."""
+    flags = tiny_flags("--dec_layers", "2", *EVALUATION)
+    trained = main_module.main(_parse(*flags, *RUN, "--epochs", "1", "--max_iters_per_epoch", "1",
+                                      "--output_dir", str(tmp_path / "train")))
+    returned = _evaluations(monkeypatch)
+    script.cli(["--resume", str(tmp_path / "train" / "checkpoint.pth"), *RUN])
+    tested = returned[0]
+    assert tested["loss"] == pytest.approx(trained["loss"], rel=1e-6)
+    assert set(tested) == set(trained)  # the same terms: no auxiliary ones without --no_aux_loss
+    notice = next(line for line in capsys.readouterr().out.splitlines() if "(from its args)" in line)
+    for token in ("--eval_bf 1", "--set_cost_class 1.0", "--cls_loss_coef 3.0", "--focal_alpha 0.4",
+                  "--no_aux_loss"):
+        assert token in notice, (token, notice)
+    # With --eval_bf an image's result depends on its batch: a batch size other than training's is said.
+    monkeypatch.setattr(main_module, "main", lambda args: None)
+    script.cli(["--resume", str(tmp_path / "train" / "checkpoint.pth"), *RUN, "--batch_size", "1"])
+    assert "the checkpoint's run used 2, this one 1" in capsys.readouterr().out

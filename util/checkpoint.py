@@ -408,9 +408,15 @@ def architecture_differences(saved_args, args, skip=()) -> list[tuple[str, objec
     return differences
 
 
+# Flags whose command-line switch turns them off: dest -> switch.
+_NEGATED_SWITCHES = {"aux_loss": "no_aux_loss"}
+
+
 def as_command_line(flag: str, value) -> list[str]:
     """The tokens that give ``flag`` ``value`` on main.py's command line ([] for an unset flag)."""
     if isinstance(value, bool):
+        if flag in _NEGATED_SWITCHES:
+            return [] if value else [f"--{_NEGATED_SWITCHES[flag]}"]
         return [f"--{flag}"] if value else []
     if value is None:
         return []
@@ -465,13 +471,26 @@ def load_weights(model: nn.Module, checkpoint: dict, args: argparse.Namespace, n
     return report
 
 
-# What test.py takes from a checkpoint besides STRUCTURAL_FLAGS: the data set and the classifier's width
-# and class names (set by main.py from the data; class_names is no flag, only recorded).
-RECORDED_MODEL_FLAGS = (*STRUCTURAL_FLAGS, "dataset_file", "num_classes", "class_names")
+# Flags that change what an evaluation computes or prints without changing the tensors: the BatchFormer
+# at inference (and which images it spans), the panoptic post-processing, and the matcher costs and loss
+# weights that make the test loss. An evaluation of the checkpoint takes them from its args.
+EVALUATION_FLAGS = (
+    "eval_bf", "bf_scope", "panoptic_threshold", "aux_loss", "set_cost_class", "set_cost_bbox",
+    "set_cost_giou", "cls_loss_coef", "bbox_loss_coef", "giou_loss_coef", "mask_loss_coef", "dice_loss_coef",
+    "focal_alpha",
+)
+# What the checkpoint's run knew of its data: the data set, the classifier's width and the class names
+# (set by main.py from the data; class_names is no flag, only recorded).
+DATA_FLAGS = ("dataset_file", "num_classes", "class_names")
+# Everything test.py (and every tool that builds a model from a checkpoint) takes from the checkpoint's
+# args; the flags that are not here say where and how to run (data paths, device, batch size, the
+# training schedule) and come from the command line.
+RECORDED_FLAGS = (*STRUCTURAL_FLAGS, *EVALUATION_FLAGS, *DATA_FLAGS)
 
 
 def adopt_recorded_flags(args: argparse.Namespace, saved_args, given: set[str], name: str) -> list[str]:
-    """Give ``args`` the model flags the checkpoint records, except those in ``given``; returns notices.
+    """Give ``args`` the RECORDED_FLAGS values the checkpoint records, except those in ``given``;
+    returns notices.
 
     ``given``: the flags the user typed, which win. Structural ones that then differ from the
     checkpoint are listed in ``args.arch_overrides`` so that ``load_weights`` takes them as meant
@@ -481,13 +500,15 @@ def adopt_recorded_flags(args: argparse.Namespace, saved_args, given: set[str], 
     if not isinstance(saved_args, (argparse.Namespace, dict)):
         return [f"{name} records no args: the model is built from the command line's flags"]
     adopted, overridden, notices = [], [], []
-    for flag in RECORDED_MODEL_FLAGS:
+    for flag in RECORDED_FLAGS:
         recorded = recorded_value(saved_args, flag)
         if flag in given:
             ours = _plain(getattr(args, flag))
             if not _same(_normalised(flag, ours, 1), _normalised(flag, recorded, 1)):
                 overridden.append(flag)
-                notices.append(f"--{flag} {ours} from the command line overrides the checkpoint's {recorded}")
+                theirs = f"{flag}={recorded}" if isinstance(recorded, bool) else recorded
+                notices.append(f"{_shown(flag, ours)} from the command line overrides the checkpoint's "
+                               f"{theirs}")
             continue
         setattr(args, flag, recorded)
         if flag not in _flag_defaults():  # recorded only (class_names): no command line to show
@@ -495,5 +516,19 @@ def adopt_recorded_flags(args: argparse.Namespace, saved_args, given: set[str], 
         elif not _same(recorded, _flag_defaults().get(flag)):
             adopted += as_command_line(flag, recorded)
     args.arch_overrides = [flag for flag in overridden if flag in STRUCTURAL_FLAGS]
-    shown = " ".join(adopted) if adopted else "the default flags"
-    return [f"model of {name}: {shown} (from its args)", *notices]
+    shown = " ".join(adopted) if adopted else "none"
+    return [f"flags of {name} (from its args): {shown}; every other recorded flag at its default", *notices,
+            *_batch_dependence(args, saved_args)]
+
+
+def _shown(flag: str, value) -> str:
+    return " ".join(as_command_line(flag, value)) or f"--{flag} {value}"
+
+
+def _batch_dependence(args: argparse.Namespace, saved_args) -> list[str]:
+    """With --eval_bf an image's result depends on the others of its batch: say so if the batch differs."""
+    saved_batch = recorded_value(saved_args, "batch_size")
+    if not (args.eval_bf and args.bf) or _same(saved_batch, args.batch_size):
+        return []
+    return [f"--eval_bf: the BatchFormer mixes the images of each batch, so results depend on --batch_size; "
+            f"the checkpoint's run used {saved_batch}, this one {args.batch_size}"]

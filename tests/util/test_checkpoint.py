@@ -577,3 +577,32 @@ def test_args_recorded_as_a_dict_are_compared_and_other_kinds_ignored(tmp_path):
         _resume_into(checkpoint, tmp_path, "--eval")
     checkpoint["args"] = "resnet50 deformable"  # neither a Namespace nor a dict: only the keys are checked
     _resume_into(checkpoint, tmp_path, "--eval", "--with_box_refine")
+
+
+# The flags an evaluation of a checkpoint takes from the command line, not from the checkpoint, and why.
+NOT_RECORDED = {
+    # where the data, the weights and the outputs are; which process, device and loader
+    **dict.fromkeys(("coco_path", "coco_panoptic_path", "toy_root", "toy_panoptic_root", "output_dir",
+                     "resume", "frozen_weights", "backbone_weights", "no_pretrained_backbone", "device",
+                     "num_workers", "cache_mode", "seed"), "where and how to run"),
+    # how much to evaluate, how to print it, with which COCOeval implementation (the same stats)
+    **dict.fromkeys(("eval", "max_eval_iters", "print_freq", "print_all_terms", "coco_eval_backend",
+                     "batch_size", "amp", "allow_partial_load", "remove_difficult"), "the run's choice"),
+    # training only: no effect on a model in eval mode
+    **dict.fromkeys(("lr", "lr_backbone_names", "lr_backbone", "lr_linear_proj_names", "lr_linear_proj_mult",
+                     "weight_decay", "epochs", "lr_drop", "lr_drop_epochs", "clip_max_norm", "sgd",
+                     "start_epoch", "max_iters_per_epoch", "eval_every", "find_unused_parameters",
+                     "dropout", "drop_path", "use_checkpoint", "bf_lr", "bf_weight_decay"), "training only"),
+}
+
+
+def test_every_flag_is_either_taken_from_the_checkpoint_or_the_runs_choice():
+    """A new flag must be placed: in util.checkpoint's RECORDED_FLAGS if it changes what an evaluation
+    computes or prints, else here with the reason."""
+    from util.args import get_args_parser
+
+    flags = {action.dest for action in get_args_parser()._actions}
+    recorded = ckpt.RECORDED_FLAGS
+    assert len(set(recorded)) == len(recorded)
+    assert not set(recorded) & set(NOT_RECORDED)
+    assert set(recorded) | set(NOT_RECORDED) == flags, "place each flag: recorded or not"
