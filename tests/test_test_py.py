@@ -203,3 +203,16 @@ def test_the_test_loss_is_the_training_runs_evaluation_loss(tmp_path, monkeypatc
     monkeypatch.setattr(main_module, "main", lambda args: None)
     script.cli(["--resume", str(tmp_path / "train" / "checkpoint.pth"), *RUN, "--batch_size", "1"])
     assert "the checkpoint's run used 2, this one 1" in capsys.readouterr().out
+
+
+def test_a_checkpoint_damaged_on_disk_is_one_error_naming_it(checkpoint, tmp_path):
+    """Not the 'boxes contain NaN ... did the loss diverge?' traceback that its garbage weights gave."""
+    from tests.util.test_checkpoint import _overwrite_inside_storage
+
+    damaged = tmp_path / "checkpoint.pth"
+    damaged.write_bytes(open(checkpoint, "rb").read())
+    _overwrite_inside_storage(damaged)
+    proc = _run_test_py("--resume", str(damaged), *RUN)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == proc.stderr.strip().splitlines()[-1]
+    assert proc.stderr.startswith(f"test.py: error: checkpoint '{damaged}' is corrupt")

@@ -579,6 +579,39 @@ def test_args_recorded_as_a_dict_are_compared_and_other_kinds_ignored(tmp_path):
     _resume_into(checkpoint, tmp_path, "--eval", "--with_box_refine")
 
 
+def _overwrite_inside_storage(path, nbytes: int = 4096) -> str:
+    """Overwrite ``nbytes`` in the middle of the largest tensor storage of a torch.save zip file, as a
+    failing disk or a bad copy would (the archive's structure stays intact); returns the member's name."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        member = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    assert member.file_size > 2 * nbytes
+    with open(path, "r+b") as f:
+        f.seek(member.header_offset + 26)
+        name_len, extra_len = (int.from_bytes(f.read(2), "little") for _ in range(2))
+        f.seek(member.header_offset + 30 + name_len + extra_len + member.file_size // 2)
+        f.write(b"\xff\xff\x7f\x7f" * (nbytes // 4))  # float32 3.4e38
+    return member.filename
+
+
+def test_a_checkpoint_damaged_inside_a_weight_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint({"model": {"w": torch.randn(4096)}, "epoch": 3}, str(path))
+    _overwrite_inside_storage(path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(str(path))
+    message = str(info.value)
+    assert f"checkpoint '{path}' is corrupt" in message and "\n" not in message
+
+
+def test_checkpoints_without_checksums_still_load(tmp_path):
+    """The legacy format (torch < 1.6, some published checkpoints) has no checksum to verify."""
+    path = tmp_path / "legacy.pth"
+    torch.save({"model": {"w": torch.ones(3)}}, path, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_checkpoint(str(path))["model"]["w"], torch.ones(3))
+
+
 # The flags an evaluation of a checkpoint takes from the command line, not from the checkpoint, and why.
 NOT_RECORDED = {
     # where the data, the weights and the outputs are; which process, device and loader
