@@ -356,6 +356,16 @@ def _save_progress_and_exit(stop: StopRequest, epoch: int, epoch_loader: EpochLo
                                  f"continue with --resume {path}")
 
 
+def _nothing_to_train(args) -> str:
+    """--epochs counts every epoch of the run, the resumed ones too: a user error in one line."""
+    if args.resume and args.start_epoch > 0:
+        done = f"--resume {args.resume} finished epochs 0 to {args.start_epoch - 1}"
+    else:
+        done = f"the run starts at epoch {args.start_epoch}"
+    return (f"nothing to train: {done} and --epochs {args.epochs} is the number of epochs in all; pass "
+            f"--epochs {args.start_epoch + 1} or more to train on, or --eval to evaluate")
+
+
 def main(args) -> dict:
     """Run training or evaluation as the flags say; returns the last evaluation's stats."""
     dist_utils.init_distributed_mode(args)
@@ -415,11 +425,13 @@ def main(args) -> dict:
         _write_per_class(output_dir, coco_evaluator, None)
         return stats
 
+    unlogged = _unlogged_epoch(resumed, args)
+    if unlogged is None and args.start_epoch >= args.epochs:
+        raise FlagError(_nothing_to_train(args))
     print("Start training", flush=True)
     start_time = time.time()
     stop = StopRequest()
     epoch_loader = EpochLoader(loader_train, stop, args.max_iters_per_epoch)
-    unlogged = _unlogged_epoch(resumed, args)
     stopped_part = _continue_run(resumed, args, epoch_loader)
     tensorboard = open_tensorboard(args, epoch_loader.epoch_length, stopped_part[1])
 

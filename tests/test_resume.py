@@ -99,6 +99,24 @@ def test_kill_during_evaluation_keeps_the_epoch_record(uninterrupted, tmp_path, 
     _assert_same_weights(_weights(out), _weights(uninterrupted))
 
 
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(uninterrupted, tmp_path, capsys):
+    """Not 'Training time 0:00:00' and exit 0: the user meant to train more, or to evaluate."""
+    out = tmp_path / "more"
+    argv = [*TINY, "--num_workers", "0", "--output_dir", str(out), "--resume",
+            str(uninterrupted / "checkpoint.pth")]
+    for epochs in ("2", "1"):
+        with pytest.raises(SystemExit) as info:
+            main_module.cli([*argv, "--epochs", epochs])
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("main.py: error: nothing to train: ") and "epochs 0 to 1" in err, err
+        assert "--epochs 3" in err and "--eval" in err, err
+    assert not (out / "log.txt").exists()
+    main_module.cli([*argv, "--epochs", "2", "--eval"])  # evaluating it is fine
+    main_module.cli([*argv, "--epochs", "3"])  # and so is training more
+    assert [x["epoch"] for x in _log(out)] == [2]
+
+
 # A driver for main.cli in a subprocess: with MARK_AT_CALL=n, the n-th call of the criterion prints
 # MARK and waits (at most a minute) until the test's signal has reached the process, so that the
 # signal arrives in the middle of that training iteration however slow the machine.
