@@ -164,6 +164,51 @@ def _load_frozen_weights(model: torch.nn.Module, path: str, args) -> None:
                  skip_flags=("masks",))
 
 
+def _saved_optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Module, saved: dict,
+                           new: set[str], name: str) -> dict:
+    """``saved``, the optimizer state of a model that lacked the parameters named in ``new``, numbered for
+    ``optimizer``: every other parameter gets its saved moments, the new ones none (they start at zero),
+    and a group of new parameters only, which ``saved`` lacks, keeps this run's settings.
+
+    Raises CheckpointError where the rest does not fit: other groups or group sizes, other shapes.
+    """
+    names = {id(p): n for n, p in model.named_parameters()}
+    saved_groups = saved.get("param_groups", [])
+    ours = optimizer.state_dict()["param_groups"]
+    state, groups, number = {}, [], 0
+    for g, group in enumerate(optimizer.param_groups):
+        old = [p for p in group["params"] if names[id(p)] not in new]
+        if g < len(saved_groups):
+            settings, saved_numbers = saved_groups[g], list(saved_groups[g]["params"])
+        else:  # a group this run adds (--bf_lr): it may hold new parameters only
+            settings, saved_numbers = ours[g], []
+        if len(saved_numbers) != len(old):
+            raise _optimizer_misfit(name)
+        saved_numbers = iter(saved_numbers)
+        numbers = []
+        for p in group["params"]:
+            if names[id(p)] not in new:
+                moments = saved["state"].get(next(saved_numbers), {})
+                if any(torch.is_tensor(v) and v.dim() and v.shape != p.shape for v in moments.values()):
+                    raise _optimizer_misfit(name)
+                if moments:
+                    state[number] = moments
+            numbers.append(number)
+            number += 1
+        groups.append({**settings, "params": numbers})
+    if len(saved_groups) > len(groups):
+        raise _optimizer_misfit(name)
+    return {"state": state, "param_groups": groups}
+
+
+def _optimizer_misfit(name: str) -> CheckpointError:
+    return CheckpointError(
+        f"{name}: the optimizer state does not fit this model's parameter groups "
+        "(it was trained with a different configuration, or different --lr_backbone_names / "
+        "--lr_linear_proj_names / --lr_backbone, or --bf_lr / --bf_weight_decay, which give the "
+        "BatchFormer a group of its own); resuming would mix up the optimizer's moments")
+
+
 def _resume(args, model, optimizer, scheduler, scaler) -> dict | None:
     """Weights always; optimizer, scheduler, epoch (and the fp16 grad scaler) unless --eval.
 
@@ -175,7 +220,8 @@ def _resume(args, model, optimizer, scheduler, scaler) -> dict | None:
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise CheckpointError(f"--resume {args.resume}: expected a dict with a 'model' entry "
                               f"(a checkpoint written by main.py), got {type(checkpoint).__name__}")
-    report = load_weights(model, checkpoint, args, name=f"--resume {args.resume}", complete=args.eval)
+    report = load_weights(model, checkpoint, args, name=f"--resume {args.resume}", complete=args.eval,
+                          new_batchformer=not args.eval)
     if args.eval or not all(k in checkpoint for k in ("optimizer", "lr_scheduler", "epoch")):
         return None
     if getattr(args, "allow_partial_load", False) and not report.clean:
@@ -183,15 +229,15 @@ def _resume(args, model, optimizer, scheduler, scaler) -> dict | None:
         print(f"--resume {args.resume} loaded in part (--allow_partial_load): optimizer, schedule and epoch "
               f"are not restored; training starts at epoch {args.start_epoch}", flush=True)
         return None
-    saved_groups = checkpoint["optimizer"].get("param_groups", [])
-    if len(saved_groups) != len(optimizer.param_groups) or any(
-            len(a["params"]) != len(b["params"]) for a, b in zip(saved_groups, optimizer.param_groups)):
-        raise CheckpointError(
-            f"--resume {args.resume}: the optimizer state does not fit this model's parameter groups "
-            "(it was trained with a different configuration, or different --lr_backbone_names / "
-            "--lr_linear_proj_names / --lr_backbone, or --bf_lr / --bf_weight_decay, which give the "
-            "BatchFormer a group of its own); resuming would mix up the optimizer's moments")
-    optimizer.load_state_dict(checkpoint["optimizer"])
+    from models.batchformer import is_batchformer_parameter
+
+    # A --bf run from a checkpoint trained without a BatchFormer: only the BatchFormer is new.
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    new = {k for k in report.missing if k in trainable}
+    if not (args.bf and new and all(is_batchformer_parameter(k) for k in new)):
+        new = set()
+    optimizer.load_state_dict(_saved_optimizer_state(optimizer, model, checkpoint["optimizer"], new,
+                                                     name=f"--resume {args.resume}"))
     _resume_schedule(optimizer, scheduler, checkpoint["lr_scheduler"])
     if scaler is not None and "scaler" in checkpoint:
         scaler.load_state_dict(checkpoint["scaler"])
@@ -199,6 +245,11 @@ def _resume(args, model, optimizer, scheduler, scaler) -> dict | None:
     lrs = ", ".join(f"{g['lr']:.3g}" for g in optimizer.param_groups)
     print(f"Resumed from {args.resume} at epoch {args.start_epoch} (group lrs {lrs}, from the command line)",
           flush=True)
+    if new:
+        print(f"--resume {args.resume} has no BatchFormer: its {len(new)} parameters start at their initial "
+              "values and their optimizer moments at zero; every other weight, its optimizer moments and the "
+              f"schedule come from the checkpoint, and training continues at epoch {args.start_epoch}",
+              flush=True)
     return {k: checkpoint[k] for k in ("epoch", "args", "rng", "train_stats", "progress") if k in checkpoint}
 
 

@@ -16,7 +16,7 @@ import torch
 
 import main as main_module
 from tests.tiny_model import tiny_flags
-from util.checkpoint import load_checkpoint
+from util.checkpoint import CheckpointError, load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = tiny_flags("--max_iters_per_epoch", "2", "--max_eval_iters", "1", "--print_freq", "100")
@@ -115,6 +115,53 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(uninterrupted, t
     main_module.cli([*argv, "--epochs", "2", "--eval"])  # evaluating it is fine
     main_module.cli([*argv, "--epochs", "3"])  # and so is training more
     assert [x["epoch"] for x in _log(out)] == [2]
+
+
+BATCHFORMER = ("--bf", "1", "--insert_idx", "0", "--share_bf", "0")
+
+
+def test_a_checkpoint_without_batchformer_evaluates_with_a_bf_configs_flags(uninterrupted, tmp_path, capsys):
+    """A config script's BatchFormer flags on a plain (e.g. published) checkpoint: the layer is skipped at
+    inference, so the evaluation is the checkpoint's own; with --eval_bf it would run untrained."""
+    checkpoint = str(uninterrupted / "checkpoint.pth")
+    evaluate = ("--resume", checkpoint, "--eval", "--num_workers", "0")
+    plain = main_module.main(_args(tmp_path / "plain", *evaluate))
+    with_bf = main_module.main(_args(tmp_path / "bf", *evaluate, *BATCHFORMER))
+    assert with_bf == plain
+    out = capsys.readouterr().out
+    assert "skipped at inference" in out and "--bf (checkpoint 0, this run 1)" in out
+    with pytest.raises(CheckpointError, match=r"another architecture .*--bf \(checkpoint 0, this run 1\)"):
+        main_module.main(_args(tmp_path / "eval_bf", *evaluate, *BATCHFORMER, "--eval_bf"))
+
+
+def test_batchformer_training_resumes_from_a_checkpoint_without_one(uninterrupted, tmp_path, capsys):
+    """The BatchFormer starts at its initial values with fresh moments; every other weight, its optimizer
+    moments and the epoch continue from the checkpoint; all of it said."""
+    from models import build_model
+    from models.batchformer import is_batchformer_parameter
+
+    path = str(uninterrupted / "checkpoint.pth")
+    saved = load_checkpoint(path)
+    for bf_lr in ("1", "0.5"):  # the BatchFormer in the rest's group, or in a group of its own
+        args = _args(tmp_path, "--resume", path, "--epochs", "3", *BATCHFORMER, "--bf_lr", bf_lr)
+        model, _, _ = build_model(args)
+        initial = {k: v.clone() for k, v in model.state_dict().items() if is_batchformer_parameter(k)}
+        optimizer, scheduler = main_module.build_optimizer(model, args)
+        main_module._resume(args, model, optimizer, scheduler, None)
+        assert args.start_epoch == 2
+        names = {id(p): n for n, p in model.named_parameters()}
+        restored = [names[id(p)] for p in optimizer.state]
+        assert restored and not any(is_batchformer_parameter(n) for n in restored)
+        assert len(restored) == len(saved["optimizer"]["state"])
+        exp_avg = {names[id(p)]: state["exp_avg"] for p, state in optimizer.state.items()}
+        first = saved["optimizer"]["state"][0]["exp_avg"]
+        assert torch.equal(exp_avg[next(n for n, p in model.named_parameters() if p.requires_grad)], first)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in initial.items())
+        message = capsys.readouterr().out
+        assert "has no BatchFormer" in message and "continues at epoch 2" in message, message
+    main_module.main(_args(tmp_path / "run", "--resume", path, "--epochs", "3", "--num_workers", "0",
+                           *BATCHFORMER))
+    assert [x["epoch"] for x in _log(tmp_path / "run")] == [2]
 
 
 # A driver for main.cli in a subprocess: with MARK_AT_CALL=n, the n-th call of the criterion prints

@@ -444,8 +444,12 @@ def as_command_line(flag: str, value) -> list[str]:
     return [f"--{flag}", str(value)]
 
 
+def _listed(differences: list[tuple[str, object, object]]) -> str:
+    return ", ".join(f"--{flag} (checkpoint {saved}, this run {run})" for flag, saved, run in differences)
+
+
 def _differences_message(name: str, differences: list[tuple[str, object, object]]) -> str:
-    listed = ", ".join(f"--{flag} (checkpoint {saved}, this run {run})" for flag, saved, run in differences)
+    listed = _listed(differences)
     add = [" ".join(as_command_line(flag, saved)) for flag, saved, _ in differences
            if as_command_line(flag, saved)]
     drop = [f"--{flag}" for flag, saved, _ in differences if not as_command_line(flag, saved)]
@@ -458,20 +462,44 @@ def _is_batchformer_key(key: str) -> bool:
     return "bf" in key.split(".")
 
 
+# The BatchFormer's flags: at inference without --eval_bf the layer is skipped, and they change nothing.
+_BATCHFORMER_FLAGS = ("bf", *_BATCHFORMER_LAYOUT)
+
+
+def _batchformer_runs(args: argparse.Namespace) -> bool:
+    """Whether the forward of this run uses a BatchFormer: in training with --bf, at inference (--eval)
+    only with --eval_bf."""
+    inference = bool(getattr(args, "eval", False))
+    return bool(getattr(args, "bf", 0)) and (not inference or bool(getattr(args, "eval_bf", 0)))
+
+
 def load_weights(model: nn.Module, checkpoint: dict, args: argparse.Namespace, name: str, complete: bool,
-                 skip_flags: tuple[str, ...] = ()) -> LoadReport:
+                 skip_flags: tuple[str, ...] = (), new_batchformer: bool = False) -> LoadReport:
     """Load ``checkpoint['model']`` into ``model`` after checking it was trained with this architecture.
 
     Stops (CheckpointError, one line naming ``name``) when the checkpoint's recorded args differ on a
-    STRUCTURAL_FLAGS flag, and, if ``complete`` (evaluation), when a weight the model uses is missing;
-    BatchFormer weights may be missing since inference skips it, unless ``--eval_bf``. With
-    ``--allow_partial_load`` both become warnings and shape-mismatched tensors are skipped. Flags in
-    ``skip_flags`` or ``args.arch_overrides`` (given on test.py's command line on purpose) are not
-    compared.
+    STRUCTURAL_FLAGS flag, and, if ``complete`` (evaluation, frozen weights), when a weight the model
+    uses is missing. With ``--allow_partial_load`` both become warnings and shape-mismatched tensors are
+    skipped. Flags in ``skip_flags`` or ``args.arch_overrides`` (given on test.py's command line on
+    purpose) are not compared.
+
+    The BatchFormer: at inference (``args.eval``) without ``--eval_bf`` it is skipped, so its flags and
+    weights need not match (said in a notice): a plain Deformable DETR checkpoint evaluates with a
+    BatchFormer config's flags. ``new_batchformer``: a ``--bf`` run may start from a checkpoint trained
+    without one, its BatchFormer then staying at its initial values (training from it).
     """
     allow_partial = bool(getattr(args, "allow_partial_load", False))
+    saved_args = checkpoint.get("args")
     skip = (*skip_flags, *getattr(args, "arch_overrides", ()))
-    differences = architecture_differences(checkpoint.get("args"), args, skip=skip)
+    bf_differences = [d for d in architecture_differences(saved_args, args, skip=skip)
+                      if d[0] in _BATCHFORMER_FLAGS]
+    if bf_differences and not _batchformer_runs(args) and getattr(args, "eval", False):
+        skip += _BATCHFORMER_FLAGS
+        print(f"{name}: {_listed(bf_differences)}: the BatchFormer is skipped at inference (no --eval_bf), "
+              "so these flags do not change the evaluation", flush=True)
+    elif bf_differences and new_batchformer and not recorded_value(saved_args, "bf"):
+        skip += _BATCHFORMER_FLAGS
+    differences = architecture_differences(saved_args, args, skip=skip)
     if differences:
         message = _differences_message(name, differences)
         if not allow_partial:
@@ -480,8 +508,7 @@ def load_weights(model: nn.Module, checkpoint: dict, args: argparse.Namespace, n
         print(f"warning: {message}; loading what fits (--allow_partial_load)", flush=True)
     report = load_model_state(model, checkpoint["model"], name=name, allow_shape_mismatch=allow_partial)
     if complete and not allow_partial:
-        use_bf = bool(getattr(args, "eval_bf", 0))
-        needed = [k for k in report.missing if use_bf or not _is_batchformer_key(k)]
+        needed = [k for k in report.missing if _batchformer_runs(args) or not _is_batchformer_key(k)]
         if needed:
             raise CheckpointError(
                 f"{name} lacks {len(needed)} weight tensors this model needs ({_listing(needed, 5)}): "

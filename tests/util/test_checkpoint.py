@@ -429,8 +429,8 @@ def test_two_stage_checkpoint_into_base_config_stops_naming_each_flag(tmp_path):
 
 def test_every_value_difference_is_named_with_the_flag_to_pass(tmp_path):
     checkpoint = _tiny_checkpoint("--bf", "1", "--insert_idx", "0", "1", "--share_bf", "0")
-    with pytest.raises(CheckpointError) as info:
-        _resume_into(checkpoint, tmp_path, "--eval", "--position_embedding", "learned")
+    with pytest.raises(CheckpointError) as info:  # training: the BatchFormer's flags count too
+        _resume_into(checkpoint, tmp_path, "--position_embedding", "learned")
     message = str(info.value)
     assert "--position_embedding (checkpoint sine, this run learned)" in message
     assert "--bf (checkpoint 1, this run 0)" in message
@@ -459,8 +459,9 @@ def test_flags_a_checkpoint_predates_count_as_their_defaults(tmp_path):
     for flag in ("bf", "share_bf", "insert_idx", "bt_num_layers", "eval_bf"):
         delattr(checkpoint["args"], flag)
     _resume_into(checkpoint, tmp_path, "--eval")
+    _resume_into(checkpoint, tmp_path, "--eval", "--bf", "1")  # skipped at inference
     with pytest.raises(CheckpointError, match=r"--bf \(checkpoint 0, this run 1\)"):
-        _resume_into(checkpoint, tmp_path, "--eval", "--bf", "1")
+        _resume_into(checkpoint, tmp_path, "--eval", "--bf", "1", "--eval_bf")
 
 
 def test_batchformer_layout_flags_do_not_matter_without_a_batchformer(tmp_path):
