@@ -373,6 +373,18 @@ def _check_split_files(args: argparse.Namespace) -> str | None:
     return None
 
 
+# Synthetic sets whose evaluation of an untrained model is a quick check of the pipeline.
+_TOY_SETS = ("toy", "toy_panoptic")
+_UNTRAINED = ("--eval without --resume evaluates untrained weights (a random transformer and heads)")
+
+
+def _check_weights(args: argparse.Namespace) -> str | None:
+    if not args.eval or args.resume or args.frozen_weights or args.dataset_file in _TOY_SETS:
+        return None
+    return (f"{_UNTRAINED}: pass --resume CHECKPOINT (a file, URL or Hugging Face folder) to evaluate a "
+            f"trained model (only the toy sets evaluate an untrained one, as a check of the pipeline)")
+
+
 def _is_url(path: str) -> bool:
     return "://" in path
 
@@ -446,8 +458,8 @@ def _create_output_dir(args: argparse.Namespace) -> str | None:
 
 
 # The folder is made last, once every other flag is known to be good.
-_CHECKS = (_check_numbers, _check_architecture, _check_batchformer, _check_data, _check_paths, _check_device,
-           _create_output_dir)
+_CHECKS = (_check_numbers, _check_architecture, _check_batchformer, _check_data, _check_weights, _check_paths,
+           _check_device, _create_output_dir)
 
 
 def args_problem(args: argparse.Namespace) -> str | None:
@@ -474,6 +486,8 @@ def args_notices(args: argparse.Namespace) -> list[str]:
     if getattr(args, "tensorboard", False) and args.eval:
         notes.append("--tensorboard with --eval records nothing: it follows training; the evaluation's "
                      "figures are in OUTPUT_DIR/eval_stats.json and eval_per_class.json")
+    if args.eval and not args.resume and not args.frozen_weights:
+        notes.append(f"{_UNTRAINED}; pass --resume CHECKPOINT to evaluate a trained model")
     if not args.bf:
         unused = [f"--{name}" for name, default in (("bf_scope", "device"), ("bf_lr", 1.0),
                                                      ("bf_weight_decay", None))

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import main
 from tests.tiny_model import tiny_flags
@@ -122,15 +123,26 @@ def test_drop_path_is_accepted_and_said_to_do_nothing(capsys):
     assert _notes(capsys, "--drop-path", "0") == []
 
 
-def test_batchformer_with_one_image_per_device_is_warned(capsys, monkeypatch):
+def test_batchformer_with_one_image_per_device_is_warned(capsys, monkeypatch, tmp_path):
     notes = _notes(capsys, "--bf", "1", "--batch_size", "1")
     assert len(notes) == 1 and "--bf 1 with --batch_size 1" in notes[0] and "itself" in notes[0]
     assert _notes(capsys, "--bf", "1", "--batch_size", "2") == []
-    assert _notes(capsys, "--bf", "1", "--batch_size", "1", "--eval") == []  # not training
+    evaluation = ("--eval", "--resume", _checkpoint(tmp_path, "--bf", "1"))
+    assert _notes(capsys, "--bf", "1", "--batch_size", "1", *evaluation) == []  # not training
     assert _notes(capsys, "--batch_size", "1") == []
     monkeypatch.setenv("RANK", "3")  # once per run: only the first process says it
     assert _notes(capsys, "--bf", "1", "--batch_size", "1") == []
     assert args_notices(_parse("--bf", "1", "--batch_size", "1"))
+
+
+def _checkpoint(folder: Path, *flags: str) -> str:
+    """A checkpoint of the model ``flags`` build (weights at their initial values), for --eval."""
+    from models import build_model
+
+    args = _parse(*flags)
+    path = folder / "checkpoint.pth"
+    torch.save({"model": build_model(args)[0].state_dict(), "args": args}, path)
+    return str(path)
 
 
 def _run_main(*argv: str) -> subprocess.CompletedProcess:
@@ -156,7 +168,8 @@ def _small_coco(root: Path) -> Path:
 def test_data_and_checkpoint_errors_name_the_file(tmp_path):
     empty = tmp_path / "coco"
     empty.mkdir()
-    run = _run_main("--dataset_file", "coco", "--coco_path", str(empty), "--eval")
+    coco = ("--dataset_file", "coco")
+    run = _run_main(*coco, "--coco_path", str(empty), "--eval", "--resume", _checkpoint(tmp_path, *coco))
     assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
     assert "instances_val2017.json" in run.stderr.strip().splitlines()[-1]
 
@@ -173,7 +186,9 @@ def test_unreadable_image_is_reported_in_one_line(tmp_path, num_workers):
     root = _small_coco(tmp_path / "coco")
     for image in (root / "val2017").iterdir():
         image.write_bytes(b"not an image")
-    argv = [*BASE, "--dataset_file", "coco", "--coco_path", str(root), "--eval", "--num_workers", num_workers]
+    coco = ("--dataset_file", "coco")
+    argv = [*BASE, *coco, "--coco_path", str(root), "--eval", "--num_workers", num_workers,
+            "--resume", _checkpoint(tmp_path, *coco)]
     with pytest.raises(SystemExit) as e:
         main.cli(argv)
     message = str(e.value.code)
@@ -184,9 +199,28 @@ def test_unreadable_image_is_reported_in_one_line(tmp_path, num_workers):
 def test_flag_conflict_found_while_running_is_reported_like_a_bad_flag(tmp_path, capsys):
     """Two-stage picks --num_queries of the encoder positions: only the images tell how many there are."""
     root = _small_coco(tmp_path / "coco")
+    model = ("--dataset_file", "coco", "--two_stage", "--with_box_refine", "--num_queries", "90000")
+    evaluation = ("--coco_path", str(root), "--eval", "--resume", _checkpoint(tmp_path, *model))
     with pytest.raises(SystemExit) as e:
-        main.cli([*BASE, "--dataset_file", "coco", "--coco_path", str(root), "--eval",
-                  "--two_stage", "--with_box_refine", "--num_queries", "90000"])
+        main.cli([*BASE, *model, *evaluation])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("main.py: error: --num_queries (90000) exceeds the")
+
+
+def test_eval_without_a_checkpoint_is_refused_outside_the_toy_sets(tmp_path, capsys):
+    """A COCO evaluation of untrained weights takes minutes to write an AP of 0 that looks like a result."""
+    (tmp_path / "coco").mkdir()
+    coco = ("--dataset_file", "coco", "--coco_path", str(tmp_path / "coco"))
+    problem = args_problem(_parse(*coco, "--eval"))
+    assert problem is not None and problem.startswith("--eval without --resume") and "untrained" in problem
+    checkpoint = tmp_path / "checkpoint.pth"
+    checkpoint.write_bytes(b"")
+    assert args_problem(_parse(*coco, "--eval", "--resume", str(checkpoint))) is None
+    # A frozen detector is trained: its boxes are worth evaluating under an untrained mask head.
+    frozen = ("--masks", "--frozen_weights", str(checkpoint), "--num_feature_levels", "3")
+    assert args_problem(_parse(*coco, "--eval", *frozen)) is None
+    # On a toy set it is a quick check of the pipeline: said, not refused.
+    notes = _notes(capsys, "--eval")
+    assert len(notes) == 1 and "--eval without --resume" in notes[0] and "untrained" in notes[0]
+    assert _notes(capsys, "--eval", "--resume", str(checkpoint)) == []
