@@ -77,6 +77,29 @@ def _series(rows: list[dict], key: str,
     return epochs, values
 
 
+def _plottable(rows: list[dict]) -> set[str]:
+    """The fields a log can draw: numbers logged as ``train_<field>`` or ``test_<field>``, and the
+    TEST_ONLY_FIELDS whose entry it has."""
+    fields = set()
+    for row in rows:
+        for key, value in row.items():
+            split, _, field = key.partition("_")
+            if split in ("train", "test") and isinstance(value, (int, float)):
+                fields.add(field)
+    fields.update(name for name, (key, _) in TEST_ONLY_FIELDS.items() if any(key in row for row in rows))
+    return fields
+
+
+def _check_fields(fields: Sequence[str], logs: list[list[dict]], files: list[Path]) -> None:
+    """A field no log has would be an empty panel: name it, and what could be drawn instead."""
+    available = set().union(*map(_plottable, logs))
+    missing = [f for f in fields if f not in available]
+    if missing:
+        read = ", ".join(map(str, files))
+        raise ValueError(f"plot_logs: no log has the field(s) {', '.join(missing)} ({read}); the fields "
+                         f"there are: {', '.join(sorted(available))}")
+
+
 def plot_logs(logs: Sequence[Path] | Path,
               fields: Sequence[str] = ("class_error", "loss_bbox_unscaled", "mAP"),
               ewm_col: float = 0, log_name: str = "log.txt", out: Path | None = None):
@@ -92,11 +115,13 @@ def plot_logs(logs: Sequence[Path] | Path,
         raise ValueError("plot_logs: no logs given")
     if not fields:
         raise ValueError("plot_logs: no fields given")
-    runs = []
+    runs, files = [], []
     for log in logs:
         log = Path(log)
-        runs.append((log, read_log(log / log_name if log.is_dir() else log)))
+        files.append(log / log_name if log.is_dir() else log)
+        runs.append((log, read_log(files[-1])))
 
+    _check_fields(fields, [rows for _, rows in runs], files)
     fig, axes = plt.subplots(1, len(fields), figsize=(5 * len(fields), 4), squeeze=False)
     axes = axes[0]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]

@@ -8,7 +8,9 @@ from tools import demo
 
 def _fake_config(tmp_path, stats: dict):
     """A config script that 'trains' by writing the log and eval_stats.json a run would leave."""
-    row = {"epoch": 0, "train_loss": 1.0, "test_loss": 1.0, "test_coco_eval_bbox": stats["coco_eval_bbox"]}
+    row = {"epoch": 0, "train_loss": 1.0, "test_loss": 1.0, "test_coco_eval_bbox": stats["coco_eval_bbox"],
+           "train_class_error": 50.0, "test_class_error": 40.0, "train_loss_bbox_unscaled": 0.3,
+           "test_loss_bbox_unscaled": 0.3}
     if "PQ_all" in stats:
         row.update(test_PQ_all=stats["PQ_all"], train_loss_dice_unscaled=0.5, test_loss_dice_unscaled=0.5)
     script = tmp_path / "config.sh"

@@ -64,3 +64,21 @@ def test_missing_and_invalid_logs(tmp_path):
     with pytest.raises(ValueError, match="no log lines"):
         read_log(bad / "log.txt")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_field_no_log_has_is_named_with_the_fields_there_are(tmp_path):
+    run = _write_log(tmp_path / "run")
+    with pytest.raises(ValueError) as info:
+        plot_logs([run], fields=("class_error", "nonexistent_field"), out=tmp_path / "x.png")
+    message = str(info.value)
+    assert "nonexistent_field" in message and str(run / "log.txt") in message
+    available = message.split("fields there are: ")[1]
+    # Numbers only: test_coco_eval_bbox (a list of 12 stats) is drawn as mAP, test_PQ_all as PQ.
+    assert available.split(", ") == ["PQ", "class_error", "loss_bbox_unscaled", "mAP"]
+    assert not (tmp_path / "x.png").exists()
+    # A field one run logs is drawn for it, and not refused for the run that lacks it.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "log.txt").write_text(json.dumps({"train_loss": 1.0, "epoch": 0}) + "\n")
+    _, axes = plot_logs([run, other], fields=("loss", "class_error"))
+    assert [len(ax.lines) for ax in axes] == [1, 2]
