@@ -1,28 +1,31 @@
 """Inference speed of the detector: images per second of the model's forward pass.
 
-    python benchmark.py --batch_size 1 [model flags] --resume checkpoint.pth
+    python benchmark.py --batch_size 1 --resume checkpoint.pth --coco_path data/coco
     python benchmark.py --device cpu --no_pretrained_backbone --image_size 800 1216 --num_iters 5
 
-The images are the first one of the validation set (``--dataset_file``/``--coco_path``) repeated
-``--batch_size`` times, or with ``--image_size H W`` synthetic images of that size. Timing covers
-the forward pass only (no data loading, no post-processing), after ``--warm_iters`` untimed passes.
+With --resume the model is the checkpoint's, its architecture taken from the flags recorded in it (as
+test.py does; a model flag given here overrides the checkpoint's, with a notice); without, the model
+flags build one with random weights. The images are the first one of the validation set
+(``--dataset_file``/``--coco_path``) repeated ``--batch_size`` times, or with ``--image_size H W``
+synthetic images of that size. Timing covers the forward pass only (no data loading, no
+post-processing), after ``--warm_iters`` untimed passes.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import time
 
 import torch
 
-from models import build_model
 from util.args import get_args_parser
-from util.checkpoint import load_checkpoint, load_model_state
+from util.from_checkpoint import detector_from_checkpoint, detector_from_flags, typed_flags
 from util.misc import nested_tensor_from_tensor_list
 
 
 def get_benchmark_arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("Benchmark inference speed of Deformable DETR",
+    parser = argparse.ArgumentParser(prog="benchmark.py", description="Inference speed of Deformable DETR",
                                      parents=[get_args_parser()])
     parser.add_argument("--num_iters", "--num-iters", type=int, default=300, help="timed forward passes")
     parser.add_argument("--warm_iters", "--warm-iters", type=int, default=5, help="untimed passes first")
@@ -60,17 +63,17 @@ def _images(args) -> list[torch.Tensor]:
     return [image] * args.batch_size
 
 
-def benchmark(args) -> float:
-    """Images per second of ``model(samples)`` in eval mode."""
+def benchmark(args, typed: set[str] = frozenset()) -> float:
+    """Images per second of ``model(samples)`` in eval mode. ``typed``: the flags the user typed, which
+    override a --resume checkpoint's (``util.from_checkpoint.typed_flags``)."""
     if args.num_iters < 1 or args.warm_iters < 0 or args.batch_size < 1:
         raise SystemExit("benchmark.py: --num_iters and --batch_size must be >= 1, --warm_iters >= 0")
     device = _device(args.device)
-    model, _, _ = build_model(args)
     if args.resume:
-        checkpoint = load_checkpoint(args.resume)
-        state = checkpoint["model"] if "model" in checkpoint else checkpoint
-        load_model_state(model, state, name=args.resume)
-    model.to(device).eval()
+        detector = detector_from_checkpoint(args.resume, device, args, typed)
+        model, args = detector.model, detector.args
+    else:
+        model, _, _ = detector_from_flags(args, device)
     samples = nested_tensor_from_tensor_list(_images(args)).to(device)
     amp = (torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16)
            if args.amp else contextlib.nullcontext())
@@ -91,10 +94,15 @@ def benchmark(args) -> float:
     return args.num_iters * args.batch_size / elapsed
 
 
-def main() -> None:
-    args = get_benchmark_arg_parser().parse_args()
-    fps = benchmark(args)
-    source = "synthetic {}x{}".format(*args.image_size) if args.image_size else f"{args.dataset_file} val"
+def main(argv: list[str] | None = None) -> None:
+    from main import user_errors  # the entry points' one way of ending a user error
+
+    parser = get_benchmark_arg_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    with user_errors(parser):
+        fps = benchmark(args, typed_flags(argv))
+    source = "synthetic {}x{}".format(*args.image_size) if args.image_size else "validation"
     print(f"Inference speed: {fps:.2f} images/s (batch {args.batch_size}, {source} images, {args.device})")
 
 

@@ -21,7 +21,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from datasets import DatasetError, data_error_message
 from engine import EPOCH_COUNTS, NonFiniteLossError, evaluate, train_one_epoch
 from util.args import FlagError, get_args_parser, validate_args
 from util.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from util.from_checkpoint import LoadedDetector
 from util.misc import collate_fn
 from util.run_state import (
     EpochLoader,
@@ -417,8 +418,11 @@ def _nothing_to_train(args) -> str:
             f"--epochs {args.start_epoch + 1} or more to train on, or --eval to evaluate")
 
 
-def main(args) -> dict:
-    """Run training or evaluation as the flags say; returns the last evaluation's stats."""
+def main(args, detector: LoadedDetector | None = None) -> dict:
+    """Run training or evaluation as the flags say; returns the last evaluation's stats.
+
+    ``detector``: for --eval, a model already built from the --resume checkpoint with its weights
+    (``util.from_checkpoint``, test.py), used instead of building one and resuming."""
     dist_utils.init_distributed_mode(args)
     print(args, flush=True)
     device = _check_device(args)
@@ -436,8 +440,11 @@ def main(args) -> dict:
 
     # args.num_classes and args.class_names from the data (or as given), so that checkpoints record them
     print(resolve_classes(args), flush=True)
-    model, criterion, postprocessors = build_model(args)  # the data set's metadata from --dataset_file
-    load_pretrained_backbone(model, args)  # building loads no weights
+    if detector is None:
+        model, criterion, postprocessors = build_model(args)  # the data set's metadata from --dataset_file
+        load_pretrained_backbone(model, args)  # building loads no weights
+    else:
+        model, criterion, postprocessors = detector.model, detector.criterion, detector.postprocessors
     model.to(device)
     model_without_ddp = model
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -459,13 +466,14 @@ def main(args) -> dict:
             find_unused_parameters=args.find_unused_parameters)
         model_without_ddp = model.module
 
-    if args.frozen_weights is not None:
+    if args.frozen_weights is not None and detector is None:
         _load_frozen_weights(model_without_ddp, args.frozen_weights, args)
 
     output_dir = args.output_dir
     if output_dir and dist_utils.is_main_process():
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-    resumed = _resume(args, model_without_ddp, optimizer, scheduler, scaler) if args.resume else None
+    resumed = (_resume(args, model_without_ddp, optimizer, scheduler, scaler)
+               if args.resume and detector is None else None)
 
     eval_kwargs = dict(print_freq=args.print_freq, max_iters=args.max_eval_iters, amp=args.amp,
                        eval_backend=args.coco_eval_backend, print_all_terms=args.print_all_terms)
@@ -548,23 +556,32 @@ def main(args) -> dict:
     return test_stats
 
 
-def run(parser: argparse.ArgumentParser, args: argparse.Namespace,
-        prepare: Callable[[argparse.Namespace], None] | None = None) -> None:
-    """Validate the flags and run ``main``: a user's error (a flag, a checkpoint, the data, a signal)
-    ends with one line naming ``parser.prog`` and no traceback. ``prepare`` runs first (test.py takes
-    the model flags from the checkpoint there)."""
-    prog = parser.prog
+@contextlib.contextmanager
+def user_errors(parser: argparse.ArgumentParser) -> Iterator[None]:
+    """A user's error (a checkpoint, the data, a flag found wrong while running) ends the program with
+    one line naming ``parser.prog`` and no traceback: exit code 1, or 2 for a flag (``parser.error``)."""
     try:
-        if prepare is not None:
-            prepare(args)
-        validate_args(parser, args)
-        main(args)
+        yield
     except CheckpointError as e:
-        raise SystemExit(f"{prog}: error: {e}") from None
+        raise SystemExit(f"{parser.prog}: error: {e}") from None
     except DatasetError as e:
-        raise SystemExit(f"{prog}: data error: {data_error_message(e)}") from None
+        raise SystemExit(f"{parser.prog}: data error: {data_error_message(e)}") from None
     except FlagError as e:
         parser.error(str(e))
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace,
+        prepare: Callable[[argparse.Namespace], LoadedDetector | None] | None = None) -> dict | None:
+    """Validate the flags and run ``main``, returning its stats: a user's error (a flag, a checkpoint, the
+    data, a signal) ends with one line naming ``parser.prog`` and no traceback. ``prepare`` runs first;
+    what it returns is ``main``'s detector (test.py builds it from the checkpoint there, adopting its
+    flags into ``args``)."""
+    prog = parser.prog
+    try:
+        with user_errors(parser):
+            detector = prepare(args) if prepare is not None else None
+            validate_args(parser, args)
+            return main(args, detector)
     except Preempted as e:
         print(f"{prog}: {e}", file=sys.stderr, flush=True)
         raise SystemExit(e.code) from None

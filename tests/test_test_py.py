@@ -63,17 +63,19 @@ def test_without_model_flags_evaluates_like_main_eval_with_them(checkpoint, tmp_
 
 def test_flags_given_override_the_checkpoint_with_a_notice(checkpoint, monkeypatch, capsys):
     seen = []
-    monkeypatch.setattr(main_module, "main", lambda args: seen.append(args))
-    script.cli(["--resume", checkpoint, *RUN, "--num_queries", "7", "--hidden_dim", "32"])
-    args = seen[0]
-    assert args.eval and args.num_queries == 7 and args.hidden_dim == 32
+    monkeypatch.setattr(main_module, "main", lambda args, detector: seen.append((args, detector)))
+    script.cli(["--resume", checkpoint, *RUN, "--position_embedding_scale", "2.0", "--hidden_dim", "32",
+                "--set_cost_class", "1"])
+    args, detector = seen[0]
+    assert args.eval and args.position_embedding_scale == 2.0 and args.hidden_dim == 32
     assert (args.backbone, args.num_feature_levels, args.dec_n_points) == ("resnet18", 1, 3)
-    assert args.with_box_refine
-    assert args.position_embedding_scale == 5.0 and args.dataset_file == "toy"
+    assert args.with_box_refine and args.dataset_file == "toy" and args.set_cost_class == 1
     assert args.no_pretrained_backbone  # every weight comes from the checkpoint
-    assert args.arch_overrides == ["num_queries"]  # equal to the checkpoint's: no override
+    assert args.arch_overrides == ["position_embedding_scale"]  # --hidden_dim is the checkpoint's
+    assert detector.model.transformer.decoder.num_layers == 2 and detector.criterion.matcher.cost_class == 1
     out = capsys.readouterr().out
-    assert "--num_queries 7 from the command line overrides the checkpoint's 10" in out
+    assert "--position_embedding_scale 2.0 from the command line overrides the checkpoint's 5.0" in out
+    assert "--set_cost_class 1.0 from the command line overrides the checkpoint's 2" in out
     assert "--hidden_dim 32 from the command line" not in out
 
 
@@ -93,10 +95,12 @@ def test_checkpoint_without_args_uses_the_command_line(checkpoint, tmp_path, mon
     bare = tmp_path / "bare.pth"
     torch.save({"model": torch.load(checkpoint, weights_only=False)["model"]}, bare)
     seen = []
-    monkeypatch.setattr(main_module, "main", lambda args: seen.append(args))
-    script.cli(["--resume", str(bare), *RUN, "--hidden_dim", "32", "--dataset_file", "toy"])
-    assert seen[0].hidden_dim == 32 and seen[0].backbone == "resnet50" and seen[0].arch_overrides == []
+    monkeypatch.setattr(main_module, "main", lambda args, detector: seen.append(args))
+    script.cli(["--resume", str(bare), *RUN, *MODEL])
+    assert seen[0].hidden_dim == 32 and seen[0].backbone == "resnet18" and seen[0].arch_overrides == []
     assert "records no args" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"test.py: error: .*bare.pth was trained with a different model"):
+        script.cli(["--resume", str(bare), *RUN, "--dataset_file", "toy"])  # and it has to fit them
 
 
 def _run_test_py(*argv: str) -> subprocess.CompletedProcess:
@@ -154,7 +158,7 @@ def test_flags_taken_from_the_checkpoint_are_validated(checkpoint, tmp_path, cap
 def test_a_flag_conflict_found_while_running_ends_like_a_bad_flag(checkpoint, tmp_path, monkeypatch, capsys):
     """A FlagError raised once the data is seen (two-stage --num_queries above the encoder positions)
     is a user error in test.py as in main.py: one line, exit code 2."""
-    def conflict(args):
+    def conflict(args, detector):
         raise FlagError("--num_queries (300) exceeds the 120 encoder positions of this batch")
 
     monkeypatch.setattr(main_module, "main", conflict)
@@ -171,28 +175,12 @@ EVALUATION = ("--bf", "1", "--insert_idx", "0", "--eval_bf", "--set_cost_class",
               "0.4", "--no_aux_loss")
 
 
-def _evaluations(monkeypatch) -> list[dict]:
-    """The stats of every evaluation main.main runs from now on."""
-    returned = []
-    run_main = main_module.main
-
-    def recording(*args, **kwargs):
-        stats = run_main(*args, **kwargs)
-        returned.append(stats)
-        return stats
-
-    monkeypatch.setattr(main_module, "main", recording)
-    return returned
-
-
 def test_the_test_loss_is_the_training_runs_evaluation_loss(tmp_path, monkeypatch, capsys):
     """Every flag that changes the evaluation travels with the checkpoint, and the notice lists it."""
     flags = tiny_flags("--dec_layers", "2", *EVALUATION)
     trained = main_module.main(_parse(*flags, *RUN, "--epochs", "1", "--max_iters_per_epoch", "1",
                                       "--output_dir", str(tmp_path / "train")))
-    returned = _evaluations(monkeypatch)
-    script.cli(["--resume", str(tmp_path / "train" / "checkpoint.pth"), *RUN])
-    tested = returned[0]
+    tested = script.cli(["--resume", str(tmp_path / "train" / "checkpoint.pth"), *RUN])
     assert tested["loss"] == pytest.approx(trained["loss"], rel=1e-6)
     assert set(tested) == set(trained)  # the same terms: no auxiliary ones without --no_aux_loss
     notice = next(line for line in capsys.readouterr().out.splitlines() if "(from its args)" in line)
@@ -200,7 +188,7 @@ def test_the_test_loss_is_the_training_runs_evaluation_loss(tmp_path, monkeypatc
                   "--no_aux_loss"):
         assert token in notice, (token, notice)
     # With --eval_bf an image's result depends on its batch: a batch size other than training's is said.
-    monkeypatch.setattr(main_module, "main", lambda args: None)
+    monkeypatch.setattr(main_module, "main", lambda args, detector: None)
     script.cli(["--resume", str(tmp_path / "train" / "checkpoint.pth"), *RUN, "--batch_size", "1"])
     assert "the checkpoint's run used 2, this one 1" in capsys.readouterr().out
 
@@ -216,3 +204,19 @@ def test_a_checkpoint_damaged_on_disk_is_one_error_naming_it(checkpoint, tmp_pat
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip() == proc.stderr.strip().splitlines()[-1]
     assert proc.stderr.startswith(f"test.py: error: checkpoint '{damaged}' is corrupt")
+
+
+def test_the_checkpoint_is_read_once(checkpoint, tmp_path, monkeypatch):
+    """Its flags and its weights come from one read (with its checksums verified, a large file costs)."""
+    reads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: reads.append(args[0]) or real(*args, **kwargs))
+    script.cli(["--resume", checkpoint, *RUN, "--output_dir", str(tmp_path)])
+    assert reads == [checkpoint]
+
+
+def test_help_says_it_is_the_evaluation_command_not_a_test_suite():
+    proc = _run_test_py("--help")
+    assert proc.returncode == 0
+    assert "The evaluation command (not a test suite" in " ".join(proc.stdout.split())
+    assert script.__doc__.startswith("The evaluation command (not a test suite)")

@@ -3,9 +3,11 @@
     python tools/visualize.py exps/demo/checkpoint.pth --num_images 4 --output_dir exps/demo/detections
     python tools/visualize.py ckpt.pth --images a.jpg b.jpg --threshold 0.5 --device cpu
 
-The model is rebuilt from the ``args`` stored in the checkpoint (its flags can be overridden after
-``--``, e.g. ``-- --dataset_file toy``). Without ``--images`` the first images of the validation
-split of the checkpoint's data set are drawn, with the data set's category names. A model trained
+The model is rebuilt from the flags recorded in the checkpoint, as test.py does
+(``util.from_checkpoint``; main.py flags after ``--`` override them, e.g. ``-- --eval_bf``). Without
+``--images`` the first images of the validation split of the checkpoint's data set are drawn (found
+where its run found them unless ``--coco_path`` etc. are given after ``--``), with the data set's
+category names. A model trained
 with ``--masks`` on a panoptic data set also gets ``<image>_panoptic.png``: every segment of its
 panoptic prediction blended over the image in its own colour.
 """
@@ -25,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.panoptic_eval import rgb2id  # noqa: E402
 from util.args import get_args_parser  # noqa: E402
-from util.checkpoint import CheckpointError, load_checkpoint, load_model_state  # noqa: E402
+from util.from_checkpoint import detector_from_checkpoint, typed_flags  # noqa: E402
 from util.misc import nested_tensor_from_tensor_list  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -50,20 +52,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     return p.parse_args(argv), []
 
 
-def model_args(checkpoint: dict, overrides: list[str], device: str) -> argparse.Namespace:
-    """The training flags stored in the checkpoint, then the overrides, on top of the defaults."""
-    args = get_args_parser().parse_args([])
-    saved = checkpoint.get("args")
-    if saved is not None:
-        vars(args).update(vars(saved))
-    if overrides:
-        parser = get_args_parser()
-        parser.set_defaults(**vars(args))
-        args = parser.parse_args(overrides)
-    args.device = device
-    args.no_pretrained_backbone = True  # every weight comes from the checkpoint
-    args.frozen_weights = None
-    return args
+# Where the data sets are: unless given after --, where the checkpoint's run found them.
+_DATA_LOCATIONS = ("coco_path", "coco_panoptic_path", "toy_root", "toy_panoptic_root")
+
+
+def _with_recorded_data(args: argparse.Namespace, recorded, typed: set[str]) -> None:
+    for flag in _DATA_LOCATIONS:
+        value = recorded.get(flag) if isinstance(recorded, dict) else getattr(recorded, flag, None)
+        if flag not in typed and value is not None:
+            setattr(args, flag, value)
 
 
 def denormalize(image: torch.Tensor) -> Image.Image:
@@ -119,18 +116,15 @@ def _load_image(path: str, size: int) -> tuple[torch.Tensor, Image.Image]:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
+    from main import user_errors  # the entry points' one way of ending a user error
+
     opts, overrides = parse_args(argv)
-    try:
-        checkpoint = load_checkpoint(opts.checkpoint)
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from e
-    args = model_args(checkpoint, overrides, opts.device)
-
-    from models import build_model
-
-    model, _, postprocessors = build_model(args)
-    load_model_state(model, checkpoint["model"], name=opts.checkpoint)
-    model.to(opts.device).eval()
+    parser = argparse.ArgumentParser(prog="visualize.py", parents=[get_args_parser()])
+    typed = typed_flags(overrides)
+    with user_errors(parser):
+        detector = detector_from_checkpoint(opts.checkpoint, opts.device, parser.parse_args(overrides), typed)
+    model, postprocessors, args = detector.model, detector.postprocessors, detector.args
+    _with_recorded_data(args, detector.recorded, typed)
 
     names: dict[int, str] = {}
     if opts.images:

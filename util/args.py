@@ -320,11 +320,18 @@ def _check_batchformer(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _check_data(args: argparse.Namespace) -> str | None:
+def _check_dataset_file(args: argparse.Namespace) -> str | None:
     from datasets import DATASET_FILES
 
     if args.dataset_file not in DATASET_FILES:
         return f"--dataset_file must be one of {', '.join(DATASET_FILES)}, got {args.dataset_file!r}"
+    return None
+
+
+def _check_data(args: argparse.Namespace) -> str | None:
+    problem = _check_dataset_file(args)
+    if problem:
+        return problem
     from datasets.coco_source import uses_split_flags
 
     if uses_split_flags(args):
@@ -460,6 +467,16 @@ def _create_output_dir(args: argparse.Namespace) -> str | None:
 # The folder is made last, once every other flag is known to be good.
 _CHECKS = (_check_numbers, _check_architecture, _check_batchformer, _check_data, _check_weights, _check_paths,
            _check_device, _create_output_dir)
+
+
+def model_args_problem(args: argparse.Namespace) -> str | None:
+    """The first problem of the flags that build a model (numbers, architecture, BatchFormer, the data
+    set's name), or None: what a tool that builds a model without data or training must check."""
+    for check in (_check_numbers, _check_architecture, _check_batchformer, _check_dataset_file):
+        problem = check(args)
+        if problem:
+            return problem
+    return None
 
 
 def args_problem(args: argparse.Namespace) -> str | None:

@@ -1,5 +1,6 @@
 """tools/visualize.py: detections drawn where they are, only above the threshold, from a checkpoint."""
 import argparse
+import os
 
 import numpy as np
 import pytest
@@ -76,3 +77,41 @@ def test_main_draws_panoptic_segments_of_a_masks_model(tmp_path):
                               "--output_dir", str(tmp_path / "out")])
     assert written == [str(tmp_path / "out" / "scene.png"), str(tmp_path / "out" / "scene_panoptic.png")]
     assert Image.open(written[1]).size == (77, 64)
+
+
+def _checkpoint(tmp_path, *flags: str, drop: str = "") -> str:
+    from models import build_model
+
+    args = argparse.ArgumentParser(parents=[get_args_parser()]).parse_args([*TINY, *flags])
+    state = {k: v for k, v in build_model(args)[0].state_dict().items() if not drop or not k.startswith(drop)}
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": state, "epoch": 0, "args": args}, path)
+    return str(path)
+
+
+def test_a_checkpoint_lacking_weights_is_refused_not_drawn_with_random_ones(tmp_path):
+    image = tmp_path / "shape.jpg"
+    Image.new("RGB", (96, 80), (200, 30, 30)).save(image)
+    path = _checkpoint(tmp_path, drop="class_embed")
+    with pytest.raises(SystemExit) as info:
+        visualize.main([path, "--images", str(image), "--output_dir", str(tmp_path / "out")])
+    message = str(info.value.code)
+    assert "lacks 2 weight tensors" in message and path in message and "\n" not in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_flag_errors_after_the_separator_end_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        visualize.main([_checkpoint(tmp_path), "--", "--hidden_dim", "48"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert info.value.code == 2
+    assert last.startswith("visualize.py: error: --hidden_dim must be a multiple of 32")
+
+
+def test_the_validation_images_are_found_where_the_run_found_them(tmp_path):
+    from datasets.toy import generate
+
+    root = generate(tmp_path / "toy", num_train=1, num_val=2)
+    written = visualize.main([_checkpoint(tmp_path, "--toy_root", str(root)), "--num_images", "1",
+                              "--output_dir", str(tmp_path / "out")])
+    assert len(written) == 1 and os.path.isfile(written[0])
