@@ -20,6 +20,7 @@ import torchvision
 from torch import Tensor, nn
 
 from models.position_encoding import build_position_encoding
+from util.checkpoint import CheckpointError, LoadReport, load_checkpoint
 from util.misc import NestedTensor
 
 # Output channels of layer1, layer2, layer3, layer4.
@@ -186,18 +187,22 @@ class Joiner(nn.Sequential):
         return out, pos, extra
 
 
-def load_imagenet_weights(backbone: Backbone, state_dict: dict[str, Tensor]) -> None:
+def load_imagenet_weights(backbone: Backbone, state_dict: dict[str, Tensor],
+                          source: str = "--backbone_weights") -> None:
     """Load an ImageNet checkpoint of torchvision's ResNet (``backbone.name``) into ``backbone``; its
-    classifier (fc.*) is not needed."""
+    classifier (fc.*) is not needed. CheckpointError (one line naming ``source``) where it does not fit."""
     if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
         state_dict = state_dict["state_dict"]
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-    try:
-        backbone.body.load_state_dict(state_dict, strict=True)
-    except RuntimeError as e:
-        raise ValueError(
-            f"--backbone_weights does not hold a torchvision {backbone.name} state dict: {e}"
-        ) from e
+    own = backbone.body.state_dict()
+    misfit = LoadReport(mismatched=[(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
+                                    if k in own and v.shape != own[k].shape])
+    if misfit.clean:  # the frozen batch norms drop num_batches_tracked as they load
+        loaded = backbone.body.load_state_dict(state_dict, strict=False)
+        misfit.missing, misfit.unexpected = list(loaded.missing_keys), list(loaded.unexpected_keys)
+    if not misfit.clean:
+        raise CheckpointError(f"{source} does not hold a torchvision {backbone.name} state dict: "
+                              f"{misfit.describe(limit=3, sep='; ')}")
 
 
 def imagenet_state_dict(args) -> dict[str, Tensor] | None:
@@ -211,12 +216,15 @@ def imagenet_state_dict(args) -> dict[str, Tensor] | None:
     if args.backbone_weights:
         if not os.path.isfile(args.backbone_weights):
             raise FileNotFoundError(f"--backbone_weights: no such file {args.backbone_weights!r}")
-        return torch.load(args.backbone_weights, map_location="cpu", weights_only=True)
+        try:  # checked as a checkpoint is: a damaged file must not train on garbage weights
+            return load_checkpoint(args.backbone_weights)
+        except CheckpointError as e:
+            raise CheckpointError(f"--backbone_weights {args.backbone_weights}: {e}") from e
     try:
         weights = torchvision.models.get_model_weights(args.backbone).IMAGENET1K_V1
         return weights.get_state_dict(progress=False)
     except Exception as e:  # any download failure gets the same advice
-        raise RuntimeError(
+        raise CheckpointError(
             f"could not download the ImageNet weights of {args.backbone} ({type(e).__name__}: {e}). "
             "Pass --backbone_weights PATH (a torchvision state-dict file) to load them from disk, "
             "or --no_pretrained_backbone to start from random weights."
@@ -230,8 +238,10 @@ def load_pretrained_backbone(model: nn.Module, args) -> bool:
     state_dict = imagenet_state_dict(args) if backbones else None
     if state_dict is None:
         return False
+    source = (f"--backbone_weights {args.backbone_weights}" if args.backbone_weights
+              else f"the downloaded ImageNet weights of {args.backbone}")
     for backbone in backbones:
-        load_imagenet_weights(backbone, state_dict)
+        load_imagenet_weights(backbone, state_dict, source)
     return True
 
 

@@ -16,6 +16,7 @@ from models.backbone import (
     load_pretrained_backbone,
 )
 from util.args import get_args_parser
+from util.checkpoint import CheckpointError
 from util.misc import nested_tensor_from_tensor_list
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -114,7 +115,7 @@ def test_backbone_weights_errors(tmp_path):
         load_pretrained_backbone(joiner, _args("--backbone_weights", str(tmp_path / "missing.pth")))
     path = tmp_path / "r50.pth"
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
-    with pytest.raises(ValueError, match="--backbone_weights does not hold a torchvision resnet18"):
+    with pytest.raises(CheckpointError, match=r"r50.pth does not hold a torchvision resnet18 state dict"):
         load_pretrained_backbone(joiner, _args("--backbone_weights", str(path)))
 
 
@@ -159,3 +160,41 @@ def test_output_shape_states_every_returned_map(name):
 def test_unknown_backbone():
     with pytest.raises(ValueError, match="--backbone"):
         build_backbone(get_args_parser().parse_args(["--backbone", "vgg16", "--no_pretrained_backbone"]))
+
+
+def _damaged(path):
+    from tests.util.test_checkpoint import _overwrite_inside_storage
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    _overwrite_inside_storage(path)
+    return path
+
+
+def _html(path):
+    path.write_text("<html>sign in to download</html>")
+    return path
+
+
+def _resnet50(path):
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    return path
+
+
+BAD_BACKBONE_FILES = {"html": (_html, "is an HTML page"), "damaged": (_damaged, "is corrupt"),
+                      "resnet50": (_resnet50, "does not hold a torchvision resnet18 state dict")}
+
+
+@pytest.mark.parametrize("write, expected", BAD_BACKBONE_FILES.values(), ids=BAD_BACKBONE_FILES)
+def test_a_bad_backbone_weights_file_ends_main_in_one_line_naming_it(tmp_path, capsys, write, expected):
+    """Not a traceback, nor (for a file damaged on disk) a training run on garbage weights."""
+    import main
+    from tests.tiny_model import tiny_flags
+
+    path = write(tmp_path / "resnet18.pth")
+    flags = [f for f in tiny_flags("--epochs", "1", "--max_iters_per_epoch", "1", "--num_workers", "0")
+             if f != "--no_pretrained_backbone"]
+    with pytest.raises(SystemExit) as info:
+        main.cli([*flags, "--backbone_weights", str(path)])
+    message = str(info.value.code)
+    assert message.startswith(f"main.py: error: --backbone_weights {path}") and expected in message, message
+    assert "\n" not in message
