@@ -32,7 +32,13 @@ import util.dist as dist_utils
 from datasets import DatasetError, data_error_message
 from engine import EPOCH_COUNTS, NonFiniteLossError, evaluate, train_one_epoch
 from util.args import FlagError, get_args_parser, validate_args
-from util.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from util.checkpoint import (
+    CheckpointError,
+    evaluation_notice,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
 from util.from_checkpoint import LoadedDetector
 from util.misc import collate_fn
 from util.run_state import (
@@ -223,7 +229,14 @@ def _resume(args, model, optimizer, scheduler, scaler) -> dict | None:
                               f"(a checkpoint written by main.py), got {type(checkpoint).__name__}")
     report = load_weights(model, checkpoint, args, name=f"--resume {args.resume}", complete=args.eval,
                           new_batchformer=not args.eval)
-    if args.eval or not all(k in checkpoint for k in ("optimizer", "lr_scheduler", "epoch")):
+    if args.eval:
+        notice = evaluation_notice(f"--resume {args.resume}", checkpoint.get("args"), args)
+        if notice:
+            print(notice, flush=True)
+        return None
+    if not all(k in checkpoint for k in ("optimizer", "lr_scheduler", "epoch")):
+        print(f"--resume {args.resume} holds no optimizer, lr_scheduler or epoch (weights only): training "
+              f"starts at epoch {args.start_epoch} with a fresh optimizer and schedule", flush=True)
         return None
     if getattr(args, "allow_partial_load", False) and not report.clean:
         # The saved moments and epoch belong to a model whose tensors did not all load.

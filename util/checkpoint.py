@@ -445,7 +445,12 @@ def as_command_line(flag: str, value) -> list[str]:
 
 
 def _listed(differences: list[tuple[str, object, object]]) -> str:
-    return ", ".join(f"--{flag} (checkpoint {saved}, this run {run})" for flag, saved, run in differences)
+    def one(flag: str, saved, run) -> str:
+        if flag in _NEGATED_SWITCHES:  # as the user types it
+            return f"--{_NEGATED_SWITCHES[flag]} (checkpoint {not saved}, this run {not run})"
+        return f"--{flag} (checkpoint {saved}, this run {run})"
+
+    return ", ".join(one(*difference) for difference in differences)
 
 
 def _differences_message(name: str, differences: list[tuple[str, object, object]]) -> str:
@@ -532,6 +537,20 @@ DATA_FLAGS = ("dataset_file", "num_classes", "class_names")
 # args; the flags that are not here say where and how to run (data paths, device, batch size, the
 # training schedule) and come from the command line.
 RECORDED_FLAGS = (*STRUCTURAL_FLAGS, *EVALUATION_FLAGS, *DATA_FLAGS)
+
+
+def evaluation_notice(name: str, saved_args, args: argparse.Namespace) -> str | None:
+    """What an evaluation with ``args`` computes otherwise than the checkpoint's own run did (its
+    EVALUATION_FLAGS differ), or None. main.py --eval keeps the command line's, as the public code does."""
+    if not isinstance(saved_args, (argparse.Namespace, dict)):
+        return None
+    values = [(flag, recorded_value(saved_args, flag), _plain(getattr(args, flag, _flag_defaults()[flag])))
+              for flag in EVALUATION_FLAGS]
+    differences = [(flag, saved, run) for flag, saved, run in values if not _same(saved, run)]
+    if not differences:
+        return None
+    return (f"note: {name}: {_listed(differences)}: this evaluation differs from the one its run made "
+            "(detections or test loss); test.py takes these flags from the checkpoint")
 
 
 def adopt_recorded_flags(args: argparse.Namespace, saved_args, given: set[str], name: str) -> list[str]:

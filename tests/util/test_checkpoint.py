@@ -640,3 +640,25 @@ def test_every_flag_is_either_taken_from_the_checkpoint_or_the_runs_choice():
     assert len(set(recorded)) == len(recorded)
     assert not set(recorded) & set(NOT_RECORDED)
     assert set(recorded) | set(NOT_RECORDED) == flags, "place each flag: recorded or not"
+
+
+def test_evaluating_with_other_evaluation_flags_than_the_checkpoints_run_is_said(tmp_path, capsys):
+    """main.py --eval takes its flags from the command line (the public behaviour): where they change what
+    the checkpoint's own evaluation computed, the user hears it, and how test.py would take them."""
+    checkpoint = _tiny_checkpoint("--cls_loss_coef", "3", "--no_aux_loss")
+    _resume_into(checkpoint, tmp_path, "--eval")
+    out = capsys.readouterr().out
+    assert "--cls_loss_coef (checkpoint 3.0, this run 2)" in out
+    assert "--no_aux_loss (checkpoint True, this run False)" in out
+    assert "test.py" in out
+    _resume_into(checkpoint, tmp_path, "--eval", "--cls_loss_coef", "3", "--no_aux_loss")
+    assert "cls_loss_coef" not in capsys.readouterr().out
+
+
+def test_training_from_a_weights_only_checkpoint_says_it_starts_afresh(tmp_path, capsys):
+    """No optimizer, schedule or epoch to restore (a published or converted checkpoint): said, not silent."""
+    checkpoint = _tiny_checkpoint()
+    del checkpoint["epoch"]
+    _resume_into(checkpoint, tmp_path, "--start_epoch", "2")
+    out = capsys.readouterr().out
+    assert "holds no optimizer, lr_scheduler or epoch" in out and "starts at epoch 2" in out, out
