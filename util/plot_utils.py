@@ -90,9 +90,8 @@ def _plottable(rows: list[dict]) -> set[str]:
     return fields
 
 
-def _check_fields(fields: Sequence[str], logs: list[list[dict]], files: list[Path]) -> None:
+def _check_fields(fields: Sequence[str], available: set[str], files: list[Path]) -> None:
     """A field no log has would be an empty panel: name it, and what could be drawn instead."""
-    available = set().union(*map(_plottable, logs))
     missing = [f for f in fields if f not in available]
     if missing:
         read = ", ".join(map(str, files))
@@ -100,20 +99,23 @@ def _check_fields(fields: Sequence[str], logs: list[list[dict]], files: list[Pat
                          f"there are: {', '.join(sorted(available))}")
 
 
-def plot_logs(logs: Sequence[Path] | Path,
-              fields: Sequence[str] = ("class_error", "loss_bbox_unscaled", "mAP"),
+DEFAULT_FIELDS = ("class_error", "loss_bbox_unscaled", "mAP")
+
+
+def plot_logs(logs: Sequence[Path] | Path, fields: Sequence[str] | None = None,
               ewm_col: float = 0, log_name: str = "log.txt", out: Path | None = None):
     """One subplot per field: train (solid) and test (dashed) curves of every run in `logs`.
 
-    logs: run folders (each holding `log_name`) or log files. `mAP` (the first COCO stat) and `PQ`
-    have test curves only.
+    logs: run folders (each holding `log_name`) or log files. fields: default DEFAULT_FIELDS (the public
+    code's), those of them the logs have; a field asked for that no log has is an error naming the
+    fields there are. `mAP` (the first COCO stat) and `PQ` have test curves only.
     Writes the figure to `out` (PNG) if given; returns (figure, axes).
     """
     if isinstance(logs, (str, Path)):
         logs = [logs]
     if not logs:
         raise ValueError("plot_logs: no logs given")
-    if not fields:
+    if fields is not None and not fields:
         raise ValueError("plot_logs: no fields given")
     runs, files = [], []
     for log in logs:
@@ -121,7 +123,10 @@ def plot_logs(logs: Sequence[Path] | Path,
         files.append(log / log_name if log.is_dir() else log)
         runs.append((log, read_log(files[-1])))
 
-    _check_fields(fields, [rows for _, rows in runs], files)
+    available = set().union(*(_plottable(rows) for _, rows in runs))
+    if fields is None:
+        fields = [f for f in DEFAULT_FIELDS if f in available] or DEFAULT_FIELDS
+    _check_fields(fields, available, files)
     fig, axes = plt.subplots(1, len(fields), figsize=(5 * len(fields), 4), squeeze=False)
     axes = axes[0]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]

@@ -82,3 +82,13 @@ def test_a_field_no_log_has_is_named_with_the_fields_there_are(tmp_path):
     (other / "log.txt").write_text(json.dumps({"train_loss": 1.0, "epoch": 0}) + "\n")
     _, axes = plot_logs([run, other], fields=("loss", "class_error"))
     assert [len(ax.lines) for ax in axes] == [1, 2]
+
+
+def test_the_default_fields_are_those_the_logs_have(tmp_path):
+    """A run without evaluation (--eval_every 0) logs no mAP: the default panels leave it out, unasked."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.txt").write_text(json.dumps({"train_class_error": 5.0, "train_loss_bbox_unscaled": 0.2,
+                                             "epoch": 0}) + "\n")
+    _, axes = plot_logs([run])
+    assert [ax.get_title() for ax in axes] == ["class_error", "loss_bbox_unscaled"]
