@@ -27,17 +27,13 @@ class LoadedDetector:
     """model: in eval mode on the device, every weight from the checkpoint; criterion (the test loss) and
     postprocessors as ``models.build_model`` returns them. args: the resolved flags (the checkpoint's
     recorded ones, the typed ones over them, the tool's own for the rest). recorded: the checkpoint's
-    own args (None if it records none), for what a tool may take from it besides (e.g. data paths).
-    epoch: its last finished epoch (None if not recorded). notices: what was adopted or overridden, as
-    printed."""
+    own args (None if it records none), for what a tool may take from it besides (e.g. data paths)."""
 
     model: nn.Module
     criterion: nn.Module
     postprocessors: dict[str, nn.Module]
     args: argparse.Namespace
     recorded: argparse.Namespace | dict | None
-    epoch: int | None
-    notices: list[str]
 
 
 def typed_flags(argv: Sequence[str]) -> set[str]:
@@ -106,11 +102,10 @@ def detector_from_checkpoint(checkpoint: str, device: str | torch.device = "cpu"
     # Inference with every weight from the checkpoint: no ImageNet backbone, no frozen detector.
     resolved.resume, resolved.eval, resolved.no_pretrained_backbone, resolved.frozen_weights = (
         checkpoint, True, True, None)
-    notices = adopt_recorded_flags(resolved, saved.get("args"), set(typed), checkpoint)
-    for notice in notices:
+    for notice in adopt_recorded_flags(resolved, saved.get("args"), set(typed), checkpoint):
         print(notice, flush=True)
     _raise_problem(resolved, check)
     model, criterion, postprocessors = _build(resolved)
     load_weights(model, saved, resolved, name=checkpoint, complete=True)
     return LoadedDetector(model.to(device).eval(), criterion.to(device).eval(), postprocessors, resolved,
-                          saved.get("args"), saved.get("epoch"), notices)
+                          saved.get("args"))
