@@ -260,10 +260,10 @@ def _resume(args, model, optimizer, scheduler, scaler) -> dict | None:
     print(f"Resumed from {args.resume} at epoch {args.start_epoch} (group lrs {lrs}, from the command line)",
           flush=True)
     if new:
-        print(f"--resume {args.resume} has no BatchFormer: its {len(new)} parameters start at their initial "
-              "values and their optimizer moments at zero; every other weight, its optimizer moments and the "
-              f"schedule come from the checkpoint, and training continues at epoch {args.start_epoch}",
-              flush=True)
+        print(f"--resume {args.resume} has no BatchFormer: the BatchFormer's {len(new)} parameters start at "
+              "their initial values and their optimizer moments at zero; every other weight, its optimizer "
+              f"moments and the schedule come from the checkpoint, and training continues at epoch "
+              f"{args.start_epoch}", flush=True)
     return {k: checkpoint[k] for k in ("epoch", "args", "rng", "train_stats", "progress") if k in checkpoint}
 
 
