@@ -662,3 +662,21 @@ def test_training_from_a_weights_only_checkpoint_says_it_starts_afresh(tmp_path,
     _resume_into(checkpoint, tmp_path, "--start_epoch", "2")
     out = capsys.readouterr().out
     assert "holds no optimizer, lr_scheduler or epoch" in out and "starts at epoch 2" in out, out
+
+
+def test_a_frozen_detector_for_batchformer_training_must_hold_its_batchformer(tmp_path):
+    """--frozen_weights stays frozen: in --bf training the BatchFormer runs, and would run random for good."""
+    import main as main_module
+    from models import build_model
+
+    flags = ["--num_feature_levels", "3", "--bf", "1"]
+    detector = _tiny_checkpoint(*flags, with_args=False)
+    detector["model"] = {k: v for k, v in detector["model"].items() if ".bf." not in k}
+    path = str(tmp_path / "detector.pth")
+    torch.save(detector, path)
+    args = _tiny_args(*flags, "--masks", "--frozen_weights", path)
+    model, _, _ = build_model(args)
+    with pytest.raises(CheckpointError, match=r"detector.pth lacks \d+ weight tensors .*transformer\.bf\."):
+        main_module._load_frozen_weights(model, path, args)
+    args.eval = True  # evaluating, the BatchFormer is skipped: nothing missing that runs
+    main_module._load_frozen_weights(model, path, args)
