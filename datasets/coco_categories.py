@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from datasets.coco_names import COCO_CATEGORY_NAMES
 from datasets.coco_source import layout_of, split_files
 from datasets.errors import DatasetFormatError, DatasetNotFoundError
 from datasets.torchvision_datasets.coco import AnnotationFileError, read_coco_json
@@ -67,7 +68,8 @@ def coco_metadata(args: argparse.Namespace) -> DatasetMetadata:
     """Width and names of ``--dataset_file coco``'s classes, from the validation split's annotation file.
 
     Nothing is read when both are already known (``main.py`` resolved them, or a checkpoint recorded
-    them); a COCO layout that is not there gives COCO's width, for models built without the data at hand.
+    them); a COCO layout that is not there gives COCO's width and its published names (unless
+    --num_classes is narrower), for models built without the data at hand.
     """
     if None not in (getattr(args, "num_classes", None), getattr(args, "class_names", None)):
         return DatasetMetadata(args.num_classes)  # datasets.dataset_metadata adds the names
@@ -76,7 +78,9 @@ def coco_metadata(args: argparse.Namespace) -> DatasetMetadata:
         files = split_files("val", args)
     except DatasetNotFoundError:
         if layout == "coco":
-            return DatasetMetadata(COCO_NUM_CLASSES)
+            given = getattr(args, "num_classes", None)
+            fits = given is None or given >= COCO_NUM_CLASSES
+            return DatasetMetadata(COCO_NUM_CLASSES, class_names=COCO_CATEGORY_NAMES if fits else None)
         raise
     names = read_category_names(files.annotations)
     given = getattr(args, "num_classes", None)

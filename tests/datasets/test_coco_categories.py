@@ -6,6 +6,7 @@ import json
 import pytest
 
 from datasets import build_dataset, dataset_metadata, resolve_classes
+from datasets.coco_names import COCO_CATEGORY_NAMES
 from datasets.errors import DatasetFormatError
 from datasets.torchvision_datasets import AnnotationFileError
 from tests.coco_files import EXPORT_FILE, coco_dict, write_export, write_split
@@ -44,9 +45,14 @@ def test_the_coco_layout_keeps_cocos_91_and_reads_its_names(tmp_path):
     assert metadata.class_names == {1: "person", 3: "car"}
 
 
-def test_without_the_data_at_hand_the_coco_width_is_91(tmp_path):
-    metadata = dataset_metadata(_args("--coco_path", str(tmp_path / "absent")))
-    assert metadata.num_classes == 91 and metadata.class_names is None
+def test_without_the_data_at_hand_the_coco_width_is_91_with_cocos_names(tmp_path):
+    args = _args("--coco_path", str(tmp_path / "absent"))
+    metadata = dataset_metadata(args)
+    assert metadata.num_classes == 91 and metadata.class_names == COCO_CATEGORY_NAMES
+    names = metadata.class_names
+    assert len(names) == 80 and names[1] == "person" and names[90] == "toothbrush" and 12 not in names
+    args.num_classes = 20  # another label set in COCO's layout: not COCO's names
+    assert dataset_metadata(args).class_names is None
 
 
 def test_ids_past_cocos_width_stop_at_loading_naming_the_file_the_id_and_the_flag(tmp_path):
