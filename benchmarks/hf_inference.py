@@ -4,7 +4,7 @@
 
 transformers' ``DeformableDetrForObjectDetection`` is built at its default (published) size with
 random weights (its own ResNet-50 backbone, so that timm is not needed), saved with
-``save_pretrained`` and converted with ``util.hf_checkpoint`` into ours; both then run the same
+``save_pretrained`` and converted with ``util.hf.convert`` into ours; both then run the same
 random 800x1066 batches under ``torch.no_grad()``. The steps interleave the models (theirs, ours
 with the compiled op, ours with the pure-PyTorch op, then again), so that a change of load on a
 shared machine falls on all of them; the printed figures are medians, the ratios theirs / ours.
@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models import build_model  # noqa: E402
 from models.ops.functions import extension  # noqa: E402
-from util.hf_checkpoint import load_hf_checkpoint  # noqa: E402
+from util.hf.convert import load_hf_checkpoint  # noqa: E402
 from util.misc import nested_tensor_from_tensor_list  # noqa: E402
 
 

@@ -1,19 +1,23 @@
-"""Convert Deformable DETR checkpoints between Hugging Face transformers' format and ours.
+"""Convert DETR-family checkpoints between Hugging Face transformers' format and ours.
 
     python tools/convert_hf.py to-ours path/to/hf_folder r50_deformable_detr.pth
     python tools/convert_hf.py to-hf r50_deformable_detr.pth path/to/hf_folder [--naming timm]
 
-``to-ours`` reads a ``DeformableDetrForObjectDetection`` folder (``config.json`` with
-``model.safetensors`` or ``pytorch_model.bin``, read as data: nothing in it runs) and writes our
-checkpoint ``{model, args}``, the args being the flags that build its architecture. main.py's
+Model types: Deformable DETR (``DeformableDetrForObjectDetection``), DETR (``DetrForObjectDetection``,
+``DetrForSegmentation``) and Conditional DETR (``ConditionalDetrForObjectDetection``,
+``ConditionalDetrForSegmentation``); ``--meta_arch`` and ``--masks`` in the checkpoint's args choose.
+
+``to-ours`` reads a transformers folder (``config.json`` with ``model.safetensors`` or
+``pytorch_model.bin``, read as data: nothing in it runs) and writes our checkpoint ``{model, args}``,
+the args being the flags that build its architecture (the classes from ``id2label``). main.py's
 ``--resume`` and test.py accept such a folder directly as well.
 
-``to-hf`` writes ``config.json`` and ``model.safetensors`` that
-``DeformableDetrForObjectDetection.from_pretrained(folder)`` loads. ``--naming resnet`` (default)
-names the backbone as transformers' own ResNet, which loads without timm; ``--naming timm`` as its
-timm backbone, like the published SenseTime checkpoints (needed for --dilation models).
+``to-hf`` writes ``config.json`` and ``model.safetensors`` that transformers' ``from_pretrained(folder)``
+loads, ``id2label`` naming the data set's classes. ``--naming resnet`` (default) names the backbone as
+transformers' own ResNet, which loads without timm; ``--naming timm`` as its timm backbone, like the
+published checkpoints (needed for --dilation models).
 
-Whatever our model cannot represent is refused with one line naming the config field or flag.
+Whatever either side cannot represent is refused with one line naming the config field or flag.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from util.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
-from util.hf_checkpoint import BACKBONE_NAMINGS, load_hf_checkpoint, save_hf_folder  # noqa: E402
+from util.hf.convert import BACKBONE_NAMINGS, load_hf_checkpoint, save_hf_folder  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from util.hf_folder import is_hf_folder
+from util.hf.folder import is_hf_folder
 
 
 class _Parser(argparse.ArgumentParser):

@@ -26,11 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from util.hf_folder import is_hf_folder
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be read or does not fit the model."""
+from util.errors import CheckpointError
+from util.hf.folder import is_hf_folder
 
 
 def _numpy_scalar_constructor():
@@ -243,7 +240,7 @@ def load_checkpoint(path_or_url: str, map_location="cpu"):
     shown = f"{path!r}" if path == path_or_url else f"{path!r} (downloaded from {path_or_url})"
     if os.path.isdir(path):
         if is_hf_folder(path):  # config.json + weights: transformers' format, converted
-            from util.hf_checkpoint import load_hf_checkpoint  # imports this module: loaded on first use
+            from util.hf.convert import load_hf_checkpoint
 
             return load_hf_checkpoint(path)
         raise CheckpointError(f"checkpoint {shown} is a directory; pass the checkpoint file in it (e.g. "
@@ -360,6 +357,7 @@ STRUCTURAL_FLAGS = (
     "backbone", "dilation", "position_embedding", "position_embedding_scale", "num_feature_levels",
     "hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "enc_n_points", "dec_n_points",
     "num_queries", "with_box_refine", "two_stage", "masks", "bf", "share_bf", "insert_idx", "bt_num_layers",
+    "num_classes",
 )
 # Only meaningful with a BatchFormer (--bf other than 0).
 _BATCHFORMER_LAYOUT = ("share_bf", "insert_idx", "bt_num_layers")

@@ -1,6 +1,7 @@
-"""tools/convert_hf.py and util.hf_checkpoint against transformers' Deformable DETR, an implementation
-no one here wrote: random weights, built from a config (nothing downloaded), converted, and the same
-padded batch through both models."""
+"""tools/convert_hf.py and util.hf against transformers' Deformable DETR, an implementation no one here
+wrote: random weights, built from a config (nothing downloaded), converted, and the same padded batch
+through both models; and our checkpoints of a grid of class and layer counts through transformers and
+back (issue 23: every folder we write loads in ours and in transformers)."""
 import json
 import os
 import re
@@ -9,8 +10,6 @@ import shutil
 import pytest
 import torch
 
-# Nothing is downloaded: a test that reached for the hub would fail here rather than on a developer's network.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip(
     "transformers", reason="transformers is not installed (a test dependency in requirements.txt: "
                            "`make deps`); the Hugging Face conversion tests need it as their reference")
@@ -18,11 +17,14 @@ pytest.importorskip("safetensors", reason="safetensors is not installed (require
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from main import get_args_parser  # noqa: E402
 from models import build_model  # noqa: E402
 from models.ops.functions import extension  # noqa: E402
+from tests.hf_models import randomized  # noqa: E402
+from tests.tiny_model import tiny_flags  # noqa: E402
 from tools import convert_hf  # noqa: E402
-from util.checkpoint import load_checkpoint  # noqa: E402
-from util.hf_checkpoint import HFCheckpointError, load_hf_checkpoint, save_hf_folder  # noqa: E402
+from util.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from util.hf.convert import HFCheckpointError, hf_to_ours, load_hf_checkpoint, save_hf_folder  # noqa: E402
 from util.misc import nested_tensor_from_tensor_list  # noqa: E402
 
 # Small where the config allows; the backbone is a full ResNet-50 (ours has no smaller bottleneck one).
@@ -34,6 +36,7 @@ VARIANTS = {
     "single_scale": {"num_feature_levels": 1},
     "refine": {"with_box_refine": True},
     "two_stage": {"with_box_refine": True, "two_stage": True},
+    "learned_positions": {"num_feature_levels": 1, "position_embedding_type": "learned"},
 }
 BACKENDS = ["cpp", "pytorch"]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -51,20 +54,8 @@ def _config(variant: str, naming: str = "resnet", **extra):
 
 
 def _hf_model(variant: str, naming: str = "resnet", **extra):
-    """transformers' model with random weights everywhere: its init leaves sampling offsets, attention
-    weights and the frozen batch-norm statistics trivial, which would hide a mix-up."""
     torch.manual_seed(0)
-    model = transformers.DeformableDetrForObjectDetection(_config(variant, naming, **extra)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".backbone." not in name:
-                p.add_(0.1 * torch.randn_like(p))
-        for name, b in model.named_buffers():
-            if name.endswith("running_var"):
-                b.uniform_(0.5, 1.5)
-            elif name.endswith("running_mean"):
-                b.normal_(0.0, 0.1)
-    return model
+    return randomized(transformers.DeformableDetrForObjectDetection(_config(variant, naming, **extra)))
 
 
 def _batch():
@@ -279,9 +270,10 @@ def _folder_with(single_scale_folder, tmp_path, config_changes: dict, tensors=No
 
 
 @pytest.mark.parametrize("changes, field", [
-    ({"position_embedding_type": "learned"}, "position_embedding_type"),
+    ({"position_embedding_type": "rotary"}, "position_embedding_type"),
     ({"decoder_ffn_dim": 32}, "decoder_ffn_dim"),
-    ({"id2label": {str(i): str(i) for i in range(5)}}, "id2label"),
+    ({"id2label": {"1": "cat", "2": "dog"}}, "id2label"),
+    ({"architectures": ["DeformableDetrModel"]}, "architectures"),
     ({"activation_function": "gelu"}, "activation_function"),
     ({"backbone_config": {"model_type": "swin"}}, "backbone_config.model_type"),
     ({"backbone_config": None, "use_timm_backbone": True, "backbone": "resnet50d"}, "backbone"),
@@ -332,20 +324,84 @@ def _tiny_coco(root):
     return root
 
 
-def test_test_py_evaluates_a_hugging_face_folder(single_scale_folder, tmp_path, capsys):
-    """``test.py --resume FOLDER`` builds the folder's architecture and scores as the converted file does."""
+def _assert_test_py_scores_folder_as_file(tmp_path, capsys, notice: str):
+    """``test.py --resume tmp_path/hf`` (showing ``notice`` among the flags it takes from the folder)
+    writes the detections ``test.py --resume tmp_path/ours.pth`` does."""
     import importlib.util
 
     # test.py under another name: ``test`` is also the standard library's test package.
     spec = importlib.util.spec_from_file_location("convert_hf_test_py", os.path.join(ROOT, "test.py"))
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    shutil.copytree(single_scale_folder, tmp_path / "hf")
-    assert convert_hf.main(["to-ours", str(tmp_path / "hf"), str(tmp_path / "ours.pth")]) == 0
     run = ["--coco_path", str(_tiny_coco(tmp_path / "coco")), "--device", "cpu", "--num_workers", "0",
            "--batch_size", "1", "--max_eval_iters", "1"]
     script.cli(["--resume", str(tmp_path / "hf"), *run, "--output_dir", str(tmp_path / "from_folder")])
-    assert "--hidden_dim 64" in capsys.readouterr().out
+    assert notice in capsys.readouterr().out
     script.cli(["--resume", str(tmp_path / "ours.pth"), *run, "--output_dir", str(tmp_path / "from_file")])
     by_folder = json.loads((tmp_path / "from_folder" / "results_bbox.json").read_text())
     assert by_folder and by_folder == json.loads((tmp_path / "from_file" / "results_bbox.json").read_text())
+
+
+def test_test_py_evaluates_a_hugging_face_folder(single_scale_folder, tmp_path, capsys):
+    """``test.py --resume FOLDER`` builds the folder's architecture and scores as the converted file does."""
+    shutil.copytree(single_scale_folder, tmp_path / "hf")
+    assert convert_hf.main(["to-ours", str(tmp_path / "hf"), str(tmp_path / "ours.pth")]) == 0
+    _assert_test_py_scores_folder_as_file(tmp_path, capsys, "--hidden_dim 64")
+
+
+# --- our checkpoints through transformers and back: a grid of class counts and layer counts -------------
+
+def _our_checkpoint(path, *flags, class_names=None):
+    """A tiny Deformable DETR of ours with random weights (heads included), saved as main.py does."""
+    args = get_args_parser().parse_args(tiny_flags(*flags))
+    if class_names is not None:
+        args.class_names = class_names
+    torch.manual_seed(0)
+    model = build_model(args)[0]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    save_checkpoint({"model": model.state_dict(), "args": args}, str(path))
+    return model.state_dict()
+
+
+_COCO_IDS = {"0": "N/A", "1": "person", "12": "N/A", "13": "stop sign", "90": "toothbrush"}
+
+
+@pytest.mark.parametrize("flags, class_names, num_classes, id2label", [
+    (("--num_classes", "20", "--dec_layers", "2"), None, 20, {"0": "LABEL_0", "19": "LABEL_19"}),
+    (("--num_classes", "4", "--dec_layers", "2", "--with_box_refine"), {1: "cat", 3: "dog"}, 4,
+     {"0": "N/A", "1": "cat", "2": "N/A", "3": "dog"}),
+    (("--dataset_file", "coco", "--dec_layers", "1"), None, 91, _COCO_IDS),
+    (("--dataset_file", "coco", "--dec_layers", "1", "--with_box_refine"), None, 91, _COCO_IDS),
+    (("--dec_layers", "1", "--with_box_refine", "--two_stage"), None, 20, {"0": "LABEL_0", "19": "LABEL_19"}),
+], ids=["20_classes", "4_named_classes_refine", "coco_1_layer", "coco_1_layer_refine", "1_layer_two_stage"])
+def test_every_folder_we_write_loads_in_transformers_and_back_in_ours(tmp_path, flags, class_names,
+                                                                     num_classes, id2label):
+    state = _our_checkpoint(tmp_path / "ours.pth", *flags, class_names=class_names)
+    assert convert_hf.main(["to-hf", str(tmp_path / "ours.pth"), str(tmp_path / "hf")]) == 0
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert len(config["id2label"]) == num_classes
+    assert {k: config["id2label"][k] for k in id2label} == id2label
+
+    reloaded, info = transformers.DeformableDetrForObjectDetection.from_pretrained(
+        tmp_path / "hf", output_loading_info=True)
+    assert not any(info.values()), info
+    theirs = hf_to_ours(reloaded.state_dict(), load_checkpoint(str(tmp_path / "ours.pth"))["args"])
+    assert sorted(theirs) == sorted(state) and all(torch.equal(theirs[k], state[k]) for k in state)
+
+    assert convert_hf.main(["to-ours", str(tmp_path / "hf"), str(tmp_path / "back.pth")]) == 0
+    back = load_checkpoint(str(tmp_path / "back.pth"))
+    named = {int(i): name for i, name in config["id2label"].items() if not name.startswith(("N/A", "LABEL_"))}
+    assert back["args"].num_classes == num_classes and back["args"].class_names == (named or None)
+    model = build_model(back["args"])[0]
+    model.load_state_dict(back["model"], strict=True)
+    assert all(torch.equal(back["model"][k], state[k]) for k in state)
+
+
+def test_test_py_evaluates_a_folder_of_20_classes(tmp_path, capsys):
+    """The classifier width travels in id2label: test.py builds 20 classes from the folder and scores as
+    it does from the checkpoint the folder was written from."""
+    _our_checkpoint(tmp_path / "ours.pth", "--num_classes", "20", "--dataset_file", "coco")
+    assert convert_hf.main(["to-hf", str(tmp_path / "ours.pth"), str(tmp_path / "hf")]) == 0
+    _assert_test_py_scores_folder_as_file(tmp_path, capsys, "--num_classes 20")
