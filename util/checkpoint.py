@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from util.errors import CheckpointError
+from util.hf.convert import load_hf_checkpoint
 from util.hf.folder import is_hf_folder
 
 
@@ -240,8 +241,6 @@ def load_checkpoint(path_or_url: str, map_location="cpu"):
     shown = f"{path!r}" if path == path_or_url else f"{path!r} (downloaded from {path_or_url})"
     if os.path.isdir(path):
         if is_hf_folder(path):  # config.json + weights: transformers' format, converted
-            from util.hf.convert import load_hf_checkpoint
-
             return load_hf_checkpoint(path)
         raise CheckpointError(f"checkpoint {shown} is a directory; pass the checkpoint file in it (e.g. "
                               f"{os.path.join(path, 'checkpoint.pth')})")

@@ -279,8 +279,6 @@ def save_hf_folder(checkpoint: dict, folder: str, naming: str = "resnet",
         args = argparse.Namespace(**args)
     if args is None:
         raise HFCheckpointError("the checkpoint records no args: its architecture is unknown")
-    args = with_defaults(args)
-    args.no_pretrained_backbone = True
     notes = Notes()
     config = hf_config_from_args(args, naming, notes)
     tensors = ours_to_hf(checkpoint["model"], args, naming, untied=config.get("tie_word_embeddings") is False)
