@@ -63,8 +63,9 @@ def _labels(reader: ConfigReader) -> dict:
         raise reader.refuse("id2label", f"expected the ids 0..{len(names) - 1} (transformers' classifier has "
                                         "one output per entry)", value=sorted(names)[:5])
     if all(name == f"LABEL_{i}" for i, name in names.items()):
-        return {"num_classes": len(names), "class_names": None}
-    return {"num_classes": len(names), "class_names": {i: n for i, n in names.items() if n != NO_CLASS}}
+        names = {}
+    named = {i: name for i, name in names.items() if name != NO_CLASS}
+    return {"num_classes": len(labels), "class_names": named or None}
 
 
 def read_shared(reader: ConfigReader) -> dict:
@@ -92,8 +93,7 @@ def read_shared(reader: ConfigReader) -> dict:
         "position_embedding": position, "num_queries": int(reader.get("num_queries")),
         # transformers' auxiliary_loss (false in its published configs) switches its own training loss; the
         # published models were trained with the loss on every decoder layer, which ours keeps.
-        "aux_loss": True, **labels,
-        "masks": False, "pre_norm": False,
+        "aux_loss": True, "pre_norm": False, **labels,
         # Every weight, the backbone's included, comes from the checkpoint.
         "no_pretrained_backbone": True,
     }
