@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from util.args import get_args_parser, with_defaults
+from util.args import with_defaults
 from util.hf.backbone import BACKBONE_NAMINGS, backbone_fields, joiner_names, naming_of, read_backbone
 from util.hf.conditional_detr import CONDITIONAL_DETR
 from util.hf.config import ConfigReader, Notes, read_shared, shared_fields
@@ -93,17 +93,15 @@ def _listing(names: list[str]) -> str:
 # --- config.json -> our flags -------------------------------------------------------------------------
 
 def args_from_hf_config(config: dict) -> argparse.Namespace:
-    """Our main.py flags (defaults elsewhere) that build the architecture ``config`` describes."""
+    """Our main.py flags that build the architecture ``config`` describes (the others at our defaults for
+    its detector)."""
     model_type, masks = _model_type_of_config(config)
     reader = ConfigReader(config, model_type.defaults)
     values = {**read_shared(reader), **model_type.read_config(reader), "masks": masks,
               "meta_arch": model_type.meta_arch}
     stages = model_type.backbone_stages(masks, values.get("num_feature_levels", 1))
     values.update(read_backbone(reader, stages, model_type.all_stages_read))
-    args = get_args_parser().parse_args([])
-    for flag, value in values.items():
-        setattr(args, flag, value)
-    return args
+    return with_defaults(argparse.Namespace(**values))
 
 
 def hf_config_from_args(args: argparse.Namespace, naming: str = "resnet", notes: Notes | None = None) -> dict:

@@ -1,5 +1,5 @@
 """util.hf for DETR and Conditional DETR (and their segmentation models) against transformers' own models:
-names and shapes against the published layouts (shared/reference/state_dict), folders that transformers
+names and shapes against the published checkpoints' layouts (tests/data/state_dict), folders that transformers
 loads strictly and that come back bit-equal, the flags a folder gives, and the layers whose weights
 transformers splits, run both ways (our model for these detectors is not the converter's to build)."""
 import json
@@ -33,7 +33,7 @@ from util.hf.convert import (  # noqa: E402
 )
 from util.misc import nested_tensor_from_tensor_list  # noqa: E402
 
-# The published layouts (shared/reference/state_dict, as tests/models/test_state_dict.py reads them).
+# The published checkpoints' layouts: [name, shape] in state-dict order (as tests/models/test_state_dict.py).
 REFERENCE = Path(__file__).resolve().parents[2] / "data" / "state_dict"
 
 # reference layout -> (transformers class, config class, config fields at the published size)
@@ -256,8 +256,8 @@ def _ffn(state: dict, prefix: str, x):
 
 
 def _post_norm_encoder_layer(state: dict, prefix: str, src, pos, heads: int):
-    """SPEC section 10: self-attention with the position added to queries and keys, then the FFN, each
-    followed by its norm."""
+    """The published DETR's post-norm layer: self-attention with the position added to queries and keys,
+    then the FFN, each followed by its norm."""
     attended = _attention(state, f"{prefix}.self_attn", src + pos, src + pos, src, heads)
     src = _affine(state, f"{prefix}.norm1", src + attended, norm=True)
     return _affine(state, f"{prefix}.norm2", src + _ffn(state, prefix, src), norm=True)
