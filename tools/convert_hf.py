@@ -27,6 +27,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from datasets.errors import DatasetError, data_error_message  # noqa: E402
 from util.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from util.hf.convert import BACKBONE_NAMINGS, load_hf_checkpoint, save_hf_folder  # noqa: E402
 
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             save_hf_folder(checkpoint, args.output, naming=args.naming, progress=print)
     except CheckpointError as e:
         print(f"convert_hf.py: error: {e}", file=sys.stderr)
+        return 1
+    except DatasetError as e:  # the class names of a checkpoint that records none come from its data set
+        print(f"convert_hf.py: data error: {data_error_message(e)}", file=sys.stderr)
         return 1
     return 0
 

@@ -356,7 +356,6 @@ STRUCTURAL_FLAGS = (
     "backbone", "dilation", "position_embedding", "position_embedding_scale", "num_feature_levels",
     "hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "enc_n_points", "dec_n_points",
     "num_queries", "with_box_refine", "two_stage", "masks", "bf", "share_bf", "insert_idx", "bt_num_layers",
-    "num_classes",
 )
 # Only meaningful with a BatchFormer (--bf other than 0).
 _BATCHFORMER_LAYOUT = ("share_bf", "insert_idx", "bt_num_layers")

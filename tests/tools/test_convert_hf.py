@@ -405,3 +405,17 @@ def test_test_py_evaluates_a_folder_of_20_classes(tmp_path, capsys):
     _our_checkpoint(tmp_path / "ours.pth", "--num_classes", "20", "--dataset_file", "coco")
     assert convert_hf.main(["to-hf", str(tmp_path / "ours.pth"), str(tmp_path / "hf")]) == 0
     _assert_test_py_scores_folder_as_file(tmp_path, capsys, "--num_classes 20")
+
+
+def test_a_checkpoint_whose_classes_need_its_missing_data_is_one_line(tmp_path, capsys):
+    """A checkpoint of a custom COCO-format set that records no class names: they would come from its
+    annotation file, which is not here; the tool says so in one line."""
+    _our_checkpoint(tmp_path / "ours.pth", "--num_classes", "5")
+    checkpoint = load_checkpoint(str(tmp_path / "ours.pth"))
+    for flag, value in (("dataset_file", "coco"), ("val_json", str(tmp_path / "val.json")),
+                        ("val_images", str(tmp_path / "images"))):
+        setattr(checkpoint["args"], flag, value)
+    save_checkpoint(checkpoint, str(tmp_path / "ours.pth"))
+    assert convert_hf.main(["to-hf", str(tmp_path / "ours.pth"), str(tmp_path / "hf")]) == 1
+    error = capsys.readouterr().err
+    assert error == f"convert_hf.py: data error: --val_json {tmp_path / 'val.json'}: no such file\n"
