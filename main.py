@@ -40,6 +40,7 @@ from util.checkpoint import (
     save_checkpoint,
 )
 from util.from_checkpoint import LoadedDetector
+from util.hf.convert import load_checkpoint_or_folder
 from util.misc import collate_fn
 from util.run_state import (
     EpochLoader,
@@ -223,7 +224,7 @@ def _resume(args, model, optimizer, scheduler, scaler) -> dict | None:
     train_stats, progress) for ``_unlogged_epoch`` and ``_continue_run``; not the weights, which would
     stay referenced for the whole run.
     """
-    checkpoint = load_checkpoint(args.resume)
+    checkpoint = load_checkpoint_or_folder(args.resume)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise CheckpointError(f"--resume {args.resume}: expected a dict with a 'model' entry "
                               f"(a checkpoint written by main.py), got {type(checkpoint).__name__}")

@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from util.errors import CheckpointError
-from util.hf.convert import load_hf_checkpoint
 from util.hf.folder import is_hf_folder
 
 
@@ -240,8 +239,10 @@ def load_checkpoint(path_or_url: str, map_location="cpu"):
     path = _download(path_or_url) if _is_url(path_or_url) else path_or_url
     shown = f"{path!r}" if path == path_or_url else f"{path!r} (downloaded from {path_or_url})"
     if os.path.isdir(path):
-        if is_hf_folder(path):  # config.json + weights: transformers' format, converted
-            return load_hf_checkpoint(path)
+        if is_hf_folder(path):  # converting it builds models, which this module is below
+            raise CheckpointError(f"checkpoint {shown} is a Hugging Face model folder: read it with "
+                                  "util.hf.convert.load_checkpoint_or_folder (main.py --resume and test.py "
+                                  "do), or convert it with tools/convert_hf.py to-ours")
         raise CheckpointError(f"checkpoint {shown} is a directory; pass the checkpoint file in it (e.g. "
                               f"{os.path.join(path, 'checkpoint.pth')})")
     if not os.path.isfile(path):

@@ -1,8 +1,8 @@
 """Error types that modules which must not import each other both raise.
 
-``CheckpointError`` is raised by ``util.checkpoint`` (reading and loading checkpoint files) and by
-``util.hf`` (Hugging Face folders, which ``util.checkpoint.load_checkpoint`` hands on): defined here,
-below both, so that neither imports the other to name it.
+``CheckpointError`` is raised by ``util.checkpoint`` (reading and loading checkpoint files, below
+``models``) and by ``util.hf`` (Hugging Face folders, converted by building our model, so above
+``models``): defined here, below both.
 """
 
 

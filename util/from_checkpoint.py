@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from util.args import FlagError, get_args_parser, model_args_problem, with_defaults
-from util.checkpoint import CheckpointError, adopt_recorded_flags, load_checkpoint, load_weights
+from util.checkpoint import CheckpointError, adopt_recorded_flags, load_weights
+from util.hf.convert import load_checkpoint_or_folder
 
 
 @dataclass
@@ -79,8 +80,8 @@ def detector_from_checkpoint(checkpoint: str, device: str | torch.device = "cpu"
                              ) -> LoadedDetector:
     """The detector a checkpoint holds, ready for inference.
 
-    checkpoint: a file, URL or Hugging Face folder (``util.checkpoint.load_checkpoint``); a bare state
-        dict is taken as the weights of a checkpoint without args.
+    checkpoint: a file, URL or Hugging Face folder (``util.hf.convert.load_checkpoint_or_folder``); a
+        bare state dict is taken as the weights of a checkpoint without args.
     device: where the model and criterion go.
     args: the tool's parsed flags (main.py's, possibly with its own; default: main.py's defaults): the
         flags a checkpoint does not record (data paths, batch size, ...) come from here. Not modified.
@@ -92,7 +93,7 @@ def detector_from_checkpoint(checkpoint: str, device: str | torch.device = "cpu"
     Raises CheckpointError (unreadable, corrupt, or not fitting the flags) and FlagError (a resolved flag
     is invalid): user errors of one line, which ``main.user_errors`` reports as such.
     """
-    saved = load_checkpoint(checkpoint)
+    saved = load_checkpoint_or_folder(checkpoint)
     if not isinstance(saved, dict):
         raise CheckpointError(f"checkpoint {checkpoint!r}: expected a dict (a checkpoint written by main.py "
                               f"or a state dict), got {type(saved).__name__}")

@@ -24,7 +24,13 @@ from tests.hf_models import randomized  # noqa: E402
 from tests.tiny_model import tiny_flags  # noqa: E402
 from tools import convert_hf  # noqa: E402
 from util.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from util.hf.convert import HFCheckpointError, hf_to_ours, load_hf_checkpoint, save_hf_folder  # noqa: E402
+from util.hf.convert import (  # noqa: E402
+    HFCheckpointError,
+    hf_to_ours,
+    load_checkpoint_or_folder,
+    load_hf_checkpoint,
+    save_hf_folder,
+)
 from util.misc import nested_tensor_from_tensor_list  # noqa: E402
 
 # Small where the config allows; the backbone is a full ResNet-50 (ours has no smaller bottleneck one).
@@ -92,7 +98,7 @@ def _use_backend(monkeypatch, backend: str):
 def test_same_outputs_and_round_trip(variant, tmp_path, monkeypatch):
     hf = _hf_model(variant)
     hf.save_pretrained(tmp_path / "hf")
-    checkpoint = load_checkpoint(str(tmp_path / "hf"))  # the --resume / test.py path
+    checkpoint = load_checkpoint_or_folder(str(tmp_path / "hf"))  # the --resume / test.py path
     args = checkpoint["args"]
     assert (args.hidden_dim, args.enc_layers, args.dec_layers, args.num_queries) == (64, 1, 2, 12)
     assert args.num_feature_levels == VARIANTS[variant].get("num_feature_levels", 4)
@@ -293,6 +299,15 @@ def test_refuses_a_partial_load(single_scale_folder, tmp_path):
                            lambda s: s.pop("model.level_embed"))
     with pytest.raises(HFCheckpointError, match="lacks model.level_embed"):
         load_hf_checkpoint(missing)
+
+
+def test_the_file_reader_points_a_folder_to_the_converter(single_scale_folder):
+    """util.checkpoint is below the models the conversion builds: it names the way to read a folder."""
+    from util.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="is a Hugging Face model folder: read it with "
+                                              "util.hf.convert.load_checkpoint_or_folder"):
+        load_checkpoint(str(single_scale_folder))
 
 
 def test_tool_both_directions(single_scale_folder, tmp_path, capsys):

@@ -17,23 +17,26 @@ file, with its shape: there is no partial load.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from util.args import with_defaults
+from util.checkpoint import load_checkpoint
 from util.hf.backbone import BACKBONE_NAMINGS, backbone_fields, joiner_names, naming_of, read_backbone
 from util.hf.conditional_detr import CONDITIONAL_DETR
 from util.hf.config import ConfigReader, Notes, read_shared, shared_fields
 from util.hf.deformable_detr import DEFORMABLE_DETR
 from util.hf.detr import DETR
-from util.hf.folder import HFCheckpointError, read_hf_folder, write_hf_folder
+from util.hf.folder import HFCheckpointError, is_hf_folder, read_hf_folder, write_hf_folder
 from util.hf.spec import HFModelType, NameMap
 
 __all__ = [
     "MODEL_TYPES", "BACKBONE_NAMINGS", "HFCheckpointError", "model_type_of", "args_from_hf_config",
     "hf_config_from_args", "hf_to_ours", "ours_to_hf", "load_hf_checkpoint", "save_hf_folder",
+    "load_checkpoint_or_folder",
 ]
 
 MODEL_TYPES: dict[str, HFModelType] = {t.model_type: t for t in (DEFORMABLE_DETR, DETR, CONDITIONAL_DETR)}
@@ -265,6 +268,14 @@ def load_hf_checkpoint(folder: str) -> dict:
         return {"model": hf_to_ours(hf_state, args), "args": args}
     except HFCheckpointError as e:
         raise HFCheckpointError(f"{folder}: {e}") from e
+
+
+def load_checkpoint_or_folder(path_or_url: str):
+    """What ``--resume`` accepts: a checkpoint file or URL (``util.checkpoint.load_checkpoint``), or a
+    Hugging Face folder, converted (``load_hf_checkpoint``)."""
+    if os.path.isdir(path_or_url) and is_hf_folder(path_or_url):
+        return load_hf_checkpoint(path_or_url)
+    return load_checkpoint(path_or_url)
 
 
 def save_hf_folder(checkpoint: dict, folder: str, naming: str = "resnet",
