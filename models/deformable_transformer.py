@@ -63,7 +63,8 @@ def _level_grids(
         xs = torch.arange(w, dtype=torch.float32, device=device) + 0.5
         grid = torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)], dim=-1)
         centres.append(grid.reshape(-1, 2))
-        size = torch.full((h * w, 2), float(w), dtype=torch.float32, device=device)
+        # w, not float(w): in export mode w is symbolic, and float() would freeze it to the traced size.
+        size = torch.full((h * w, 2), w, dtype=torch.float32, device=device)
         size[:, 1].fill_(h)  # (W, H) filled in place: a copy from host memory would block the host
         sizes.append(size)
         levels.append(torch.full((h * w,), lvl, dtype=torch.long, device=device))

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .export_mode import is_exporting
+
 __all__ = ["host_values", "level_tensors"]
 
 # tensor -> (its version counter when the values were recorded, the values as nested lists)
@@ -26,8 +28,9 @@ def _version(t: Tensor) -> int | None:
 
 
 def _remember(t: Tensor, values: list) -> None:
-    if torch.compiler.is_compiling():
-        # A traced tensor is a placeholder: the compiled code makes a new one on every call.
+    if torch.compiler.is_compiling() and not is_exporting():
+        # A traced tensor is a placeholder: the compiled code makes a new one on every call. An
+        # export traces once, and the op reads the symbolic sizes remembered here.
         return
     _known[t] = (_version(t), values)
 
@@ -36,9 +39,11 @@ def level_tensors(shapes: Sequence[tuple[int, int]], device: torch.device | str)
     """``spatial_shapes`` (L, 2) int64 as (H, W) and ``level_start_index`` (L,) int64 on ``device``.
 
     Filled in place from Python ints (a kernel launch each) rather than copied from host memory:
-    a pageable host-to-device copy would also block the host.
+    a pageable host-to-device copy would also block the host. In ``export_mode`` the sizes stay as
+    given (symbolic under ``torch.export``): ``int`` would freeze them to the traced image size.
     """
-    shapes = [(int(h), int(w)) for h, w in shapes]
+    if not is_exporting():
+        shapes = [(int(h), int(w)) for h, w in shapes]
     starts = [sum(h * w for h, w in shapes[:i]) for i in range(len(shapes))]
     spatial_shapes = torch.empty((len(shapes), 2), dtype=torch.long, device=device)
     level_start_index = torch.empty((len(shapes),), dtype=torch.long, device=device)
@@ -62,6 +67,11 @@ def host_values(t: Tensor) -> list:
     known = _known.get(t)
     if known is not None and known[0] == _version(t):
         return known[1]
+    if is_exporting():
+        raise ValueError(
+            "ms_deform_attn in export mode: the level tensors must come from level_tensors, whose "
+            "sizes stay symbolic; this one's values would be frozen into the exported graph"
+        )
     values = t.tolist()
     if t.device.type != "cpu" and not t.is_inference():
         _remember(t, values)

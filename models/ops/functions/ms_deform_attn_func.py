@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import extension
+from .export_mode import is_exporting
 from .level_shapes import host_values
 from .validation import check_function_inputs, check_levels
 
@@ -30,7 +31,7 @@ __all__ = ["MSDeformAttnFunction", "ms_deform_attn", "ms_deform_attn_core_pytorc
 def _per_level(value: Tensor, value_spatial_shapes: Tensor, sampling_locations: Tensor):
     """Yields (level, H, W, value_l (N*M, D, H, W), grid_l (N*M, Lq, P, 2)): grid_sample's layout."""
     n, _, n_heads, head_dim = value.shape
-    shapes = [(int(h), int(w)) for h, w in host_values(value_spatial_shapes)]
+    shapes = host_values(value_spatial_shapes)  # ints, or symbolic ones in export mode
     value_per_level = value.split([h * w for h, w in shapes], dim=1)
     # With align_corners=False, grid -1 is the outer edge of pixel 0, so x in [0, 1] lands on
     # pixel x*W - 0.5 as the op defines; corners outside the map read the zero padding.
@@ -245,6 +246,11 @@ def run_validated(
     inputs = _prepare_inputs(
         value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights
     )
+    if is_exporting():
+        # Standard operators an exporter can translate, instead of the opaque custom op.
+        prepared, spatial_shapes, _, locations, weights = inputs
+        out = ms_deform_attn_core_pytorch(prepared.to(locations.dtype), spatial_shapes, locations, weights)
+        return out.to(value.dtype)
     return _forward_op(*inputs, im2col_step).to(value.dtype)
 
 
