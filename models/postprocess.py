@@ -25,15 +25,22 @@ class PostProcess(nn.Module):
 
         Returns B dicts of `scores` (k,), `labels` (k,) int64, `boxes` (k, 4) xyxy in pixels.
         """
+        batch = self.batched(outputs, target_sizes)
+        return [{"scores": s, "labels": lab, "boxes": b}
+                for s, lab, b in zip(batch["scores"], batch["labels"], batch["boxes"])]
+
+    @torch.no_grad()
+    def batched(self, outputs: dict, target_sizes: Tensor) -> dict[str, Tensor]:
+        """``forward``'s detections as batch tensors: `scores` (B, k), `labels` (B, k) int64, `boxes`
+        (B, k, 4) xyxy in pixels; what an exported graph computes (tools/export_onnx.py)."""
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         if target_sizes.dim() != 2 or target_sizes.shape[1] != 2:
             raise ValueError(
                 f"PostProcess: target_sizes must be (B, 2) as (h, w), got {tuple(target_sizes.shape)}"
             )
-        if len(logits) != len(target_sizes):
-            raise ValueError(
-                f"PostProcess: {len(logits)} images of predictions but {len(target_sizes)} target sizes"
-            )
+        if logits.shape[0] != target_sizes.shape[0]:  # not len(): it would fix an exported batch size
+            raise ValueError(f"PostProcess: {logits.shape[0]} images of predictions but "
+                             f"{target_sizes.shape[0]} target sizes")
         bs, num_queries, num_classes = logits.shape
         prob = logits.float().sigmoid().view(bs, -1)  # (B, Q*C), index = query * C + class
         k = min(self.num_select, prob.shape[1])
@@ -45,5 +52,4 @@ class PostProcess(nn.Module):
         xyxy = torch.gather(xyxy, 1, query_idx.unsqueeze(-1).expand(-1, -1, 4))  # (B, k, 4)
         img_h, img_w = target_sizes.float().unbind(1)
         scale = torch.stack([img_w, img_h, img_w, img_h], dim=1).to(xyxy.device)  # (B, 4)
-        xyxy = xyxy * scale[:, None, :]
-        return [{"scores": s, "labels": lab, "boxes": b} for s, lab, b in zip(scores, labels, xyxy)]
+        return {"scores": scores, "labels": labels, "boxes": xyxy * scale[:, None, :]}

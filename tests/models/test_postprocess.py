@@ -55,3 +55,26 @@ def test_errors():
         PostProcess()(out, torch.tensor([[10, 10]]))
     with pytest.raises(ValueError, match=r"\(B, 2\)"):
         PostProcess()(out, torch.tensor([10, 10]))
+
+
+def test_batched_exports_with_a_dynamic_batch():
+    """``batched`` is what an exported graph runs (tools/export_onnx.py): traced with 2 images, it must
+    take any number, and give ``forward``'s detections."""
+
+    class Detections(torch.nn.Module):
+        def forward(self, logits, boxes, sizes):
+            out = PostProcess(num_select=4).batched({"pred_logits": logits, "pred_boxes": boxes}, sizes)
+            return out["scores"], out["labels"], out["boxes"]
+
+    def inputs(b):
+        return torch.randn(b, 5, 3), torch.rand(b, 5, 4), torch.randint(10, 1000, (b, 2))
+
+    batch = {0: torch.export.Dim.DYNAMIC}
+    program = torch.export.export(Detections(), inputs(2), dynamic_shapes=(batch, batch, batch), strict=False)
+    logits, boxes, sizes = inputs(3)
+    scores, labels, xyxy = program.module()(logits, boxes, sizes)
+    want = PostProcess(num_select=4)({"pred_logits": logits, "pred_boxes": boxes}, sizes)
+    assert len(want) == 3
+    torch.testing.assert_close(scores, torch.stack([r["scores"] for r in want]))
+    assert torch.equal(labels, torch.stack([r["labels"] for r in want]))
+    torch.testing.assert_close(xyxy, torch.stack([r["boxes"] for r in want]))
