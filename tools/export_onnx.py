@@ -1,0 +1,276 @@
+"""Export a checkpoint to ONNX, the multi-scale deformable attention as standard operators (GridSample).
+
+    python tools/export_onnx.py --resume exps/r50/checkpoint.pth --output model.onnx
+    python tools/export_onnx.py --resume ckpt.pth --output model.onnx --padding_mask --postprocess
+
+The architecture comes from the checkpoint's args, as in test.py; a model flag given here wins
+(``--eval_bf`` applies the BatchFormer at inference, on the single stream). The graph (docs/export.md):
+
+    inputs   images       (B, 3, H, W) float32, normalised with the ImageNet mean and std
+             mask         (B, H, W) bool, True on padding                 (--padding_mask)
+             orig_sizes   (B, 2) int64, (h, w) of each original image      (--postprocess)
+    outputs  pred_logits  (B, Q, num_classes), pred_boxes (B, Q, 4) normalised (cx, cy, w, h); or,
+             with --postprocess, the top --num_select detections of each image: scores (B, K),
+             labels (B, K) int64, boxes (B, K, 4) (x0, y0, x1, y1) in pixels of orig_sizes
+
+B, H and W are dynamic. The exported file is then run by onnxruntime against the PyTorch model on
+an input of another size than the traced one (``--skip_check`` to leave that out).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from models.ops.functions.export_mode import export_mode  # noqa: E402
+from util.args import FlagError, get_args_parser  # noqa: E402
+from util.checkpoint import CheckpointError, adopt_recorded_flags, load_checkpoint, load_weights  # noqa: E402
+from util.misc import NestedTensor  # noqa: E402
+
+PROG = "export_onnx.py"
+# GridSample is standard since opset 16; torch's exporter (torch.export-based) writes opset 18 or later.
+MIN_OPSET = 18
+RAW_OUTPUTS = ("pred_logits", "pred_boxes")
+DETECTIONS = ("scores", "labels", "boxes")
+
+
+class ExportedDetector(nn.Module):
+    """The graph that is exported: any detector ``model(samples) -> {pred_logits, pred_boxes, ...}``.
+
+    ``postprocess`` (optional) turns them into each image's top detections in pixels; it must offer
+    ``batched(outputs, target_sizes) -> {scores, labels, boxes}`` (``models.postprocess.PostProcess``).
+    """
+
+    def __init__(self, detector: nn.Module, postprocess: nn.Module | None = None) -> None:
+        super().__init__()
+        self.detector = detector
+        self.postprocess = postprocess
+
+    def forward(self, images: Tensor, mask: Tensor | None = None,
+                orig_sizes: Tensor | None = None) -> tuple[Tensor, ...]:
+        """images (B, 3, H, W); mask (B, H, W) True on padding, none for unpadded images; orig_sizes
+        (B, 2) as (h, w), with ``postprocess`` only."""
+        batch, _, height, width = images.shape
+        if mask is None:
+            mask = torch.zeros_like(images[:, 0], dtype=torch.bool)
+        elif tuple(mask.shape) != (batch, height, width):
+            raise ValueError(f"mask must be (B, H, W) = {(batch, height, width)} for images "
+                             f"{tuple(images.shape)}, got {tuple(mask.shape)}")
+        out = self.detector(NestedTensor(images, mask))
+        if self.postprocess is None:
+            return tuple(out[name] for name in RAW_OUTPUTS)
+        if orig_sizes is None or tuple(orig_sizes.shape) != (batch, 2):
+            shown = None if orig_sizes is None else tuple(orig_sizes.shape)
+            raise ValueError(f"orig_sizes must be (B, 2) = {(batch, 2)} as (h, w), got {shown}")
+        detections = self.postprocess.batched(out, orig_sizes)
+        return tuple(detections[name] for name in DETECTIONS)
+
+
+def example_inputs(exported: ExportedDetector, batch: int, size: tuple[int, int],
+                   padding_mask: bool) -> dict[str, Tensor]:
+    """Random inputs of ``batch`` images of ``size`` for ``exported``; with a mask, the last image is
+    padded on the right and bottom. A trace takes 2 images: a batch of 1 would fix B to 1."""
+    h, w = size
+    inputs = {"images": torch.randn(batch, 3, h, w)}
+    if padding_mask:
+        mask = torch.zeros(batch, h, w, dtype=torch.bool)
+        mask[-1, h - h // 4:], mask[-1, :, w - w // 4:] = True, True
+        inputs["mask"] = mask
+    if exported.postprocess is not None:
+        inputs["orig_sizes"] = torch.randint(1, 2000, (batch, 2))
+    return inputs
+
+
+def dynamic_shapes(inputs: dict[str, Tensor]) -> dict[str, dict]:
+    """The dynamic axes by name. Named axes are ``Dim.DYNAMIC`` to torch.export: a size the model
+    needs (a level of at least 2 x 2, two-stage's --num_queries positions) narrows the range instead of
+    failing the export. ``ExportedDetector`` checks that the inputs agree, which makes their axes one."""
+    shapes = {"images": {0: "batch", 2: "height", 3: "width"}, "mask": {0: "batch", 1: "height", 2: "width"},
+              "orig_sizes": {0: "batch"}}
+    return {name: shapes[name] for name in inputs}
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silences what torch's exporter says that a user cannot act on: one warning per input sharing a
+    dynamic axis with another (as asked), and onnxscript's constant-folding notes."""
+    onnxscript_logger = logging.getLogger("onnxscript")
+    level = onnxscript_logger.level
+    onnxscript_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used")
+            yield
+    finally:
+        onnxscript_logger.setLevel(level)
+
+
+def export(exported: ExportedDetector, output: str, inputs: dict[str, Tensor], opset: int) -> int:
+    """Writes ``exported`` traced on ``inputs`` to ``output`` (replaced only once the new file is
+    complete and valid); returns the file's opset."""
+    import onnx
+
+    output_names = list(RAW_OUTPUTS if exported.postprocess is None else DETECTIONS)
+    exported.eval()
+    with torch.no_grad(), export_mode(), _quiet_exporter():
+        program = torch.onnx.export(
+            exported, (), kwargs=inputs, dynamo=True, opset_version=opset, input_names=list(inputs),
+            output_names=output_names, dynamic_shapes=dynamic_shapes(inputs), external_data=False,
+            verbose=False,
+        )
+    folder = os.path.dirname(os.path.abspath(output))
+    fd, tmp = tempfile.mkstemp(prefix=".export_onnx.", suffix=".onnx", dir=folder)
+    os.close(fd)
+    try:
+        program.save(tmp, external_data=False)
+        onnx.checker.check_model(tmp)
+        written = onnx.load(tmp, load_external_data=False)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return next(entry.version for entry in written.opset_import if entry.domain in ("", "ai.onnx"))
+
+
+def max_differences(exported: ExportedDetector, path: str, inputs: dict[str, Tensor]) -> dict[str, float]:
+    """Max |onnxruntime - PyTorch| of each output of ``path`` on ``inputs`` (CPU)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = session.run(None, {name: t.numpy() for name, t in inputs.items()})
+    with torch.no_grad():
+        want = exported(**inputs)
+    names = [o.name for o in session.get_outputs()]
+    return {name: (torch.from_numpy(g).double() - w.double()).abs().max().item()
+            for name, g, w in zip(names, got, want, strict=True)}
+
+
+def load_detector(args: argparse.Namespace, given: set[str]) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """The model of ``--resume`` in eval mode, with the flags its args record (those in ``given`` win)
+    and every weight it uses loaded, and its post-processors."""
+    from models import build_model
+
+    checkpoint = load_checkpoint(args.resume)
+    saved = checkpoint.get("args") if isinstance(checkpoint, dict) else None
+    for notice in adopt_recorded_flags(args, saved, given, args.resume):
+        print(f"{PROG}: {notice}", flush=True)
+    model, _, postprocessors = build_model(args)
+    load_weights(model, checkpoint, args, args.resume, complete=True)
+    return model.eval(), postprocessors
+
+
+def given_flags(argv: list[str]) -> set[str]:
+    """The flags (dests) ``argv`` sets: parsed with no defaults, so only what was typed is there."""
+    probe = build_parser()
+    for action in probe._actions:
+        action.default, action.required = argparse.SUPPRESS, False
+    return set(vars(probe.parse_known_args(argv)[0]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, parents=[get_args_parser()],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_argument_group("export")
+    group.add_argument("--output", required=True, help="the .onnx file to write")
+    group.add_argument("--opset", type=int, default=18, help=f"ONNX opset, at least {MIN_OPSET} (GridSample)")
+    group.add_argument("--padding_mask", action="store_true",
+                       help="a second input, the padding mask (B, H, W) bool, for batches of images of "
+                            "different sizes padded to one; without it every pixel is image")
+    group.add_argument("--postprocess", action="store_true",
+                       help="end the graph with the top-k detections in pixels (an orig_sizes input)")
+    group.add_argument("--num_select", type=int, default=100, help="detections per image with --postprocess")
+    group.add_argument("--trace_size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"),
+                       help="image size of the trace; the graph takes any size")
+    group.add_argument("--skip_check", action="store_true",
+                       help="do not compare onnxruntime with PyTorch after the export")
+    parser.set_defaults(device="cpu")
+    return parser
+
+
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    if not args.resume:
+        return "--resume is required: the checkpoint (path or URL) to export"
+    if args.device != "cpu":
+        return f"--device {args.device}: the export traces the model on the CPU; leave --device out"
+    if args.opset < MIN_OPSET:
+        return f"--opset {args.opset}: torch's ONNX exporter writes opset {MIN_OPSET} or later"
+    if args.bf_scope != "device":
+        return (f"--bf_scope {args.bf_scope}: an exported graph runs in one process, its BatchFormer "
+                "(--eval_bf) attends across the images of its own batch; leave --bf_scope out")
+    if args.num_select < 1:
+        return f"--num_select must be positive, got {args.num_select}"
+    if min(args.trace_size) < 1:
+        return f"--trace_size must be positive, got {args.trace_size}"
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        return f"--output {args.output}: its folder does not exist"
+    return None
+
+
+def _check_export_dependencies() -> None:
+    if tuple(int(p) for p in torch.__version__.split(".")[:2]) < (2, 6):
+        raise SystemExit(f"{PROG}: error: the export uses torch's torch.export-based ONNX exporter, "
+                         f"torch 2.6 or later; this is torch {torch.__version__}")
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if not _importable(name)]
+    if missing:
+        raise SystemExit(f"{PROG}: error: the export needs {', '.join(missing)}: "
+                         "pip install -r requirements.txt")
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Exports, then returns the max |onnxruntime - PyTorch| of each output ({} with --skip_check)."""
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    problem = _usage_problem(args)
+    if problem:
+        parser.error(problem)
+    _check_export_dependencies()
+    if "no_pretrained_backbone" not in (given := given_flags(argv)):
+        args.no_pretrained_backbone = True  # every weight comes from the checkpoint
+    try:
+        detector, postprocessors = load_detector(args, given)
+    except CheckpointError as e:
+        raise SystemExit(f"{PROG}: error: {e}") from None
+    except FlagError as e:
+        parser.error(str(e))
+    if args.masks:
+        print(f"{PROG}: the checkpoint has a mask head; the graph holds the detector's boxes only",
+              flush=True)
+        detector = detector.detr
+    postprocess = None
+    if args.postprocess:
+        postprocess = postprocessors["bbox"]
+        postprocess.num_select = args.num_select
+    exported = ExportedDetector(detector, postprocess)
+    inputs = example_inputs(exported, 2, tuple(args.trace_size), args.padding_mask)
+    opset = export(exported, args.output, inputs, args.opset)
+    print(f"{PROG}: wrote {args.output} (opset {opset}; inputs {', '.join(inputs)})", flush=True)
+    if args.skip_check:
+        return {}
+    h, w = args.trace_size[0] + 64, args.trace_size[1] + 32  # neither the traced batch nor size
+    check = example_inputs(exported, 3, (h, w), args.padding_mask)
+    differences = max_differences(exported, args.output, check)
+    shown = ", ".join(f"{name} {d:.2g}" for name, d in differences.items())
+    print(f"{PROG}: onnxruntime against PyTorch on 3 images of {h}x{w}, max |difference|: {shown}",
+          flush=True)
+    return differences
+
+
+if __name__ == "__main__":
+    main()
