@@ -22,7 +22,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -128,18 +127,17 @@ def export(exported: ExportedDetector, output: str, inputs: dict[str, Tensor], o
             output_names=output_names, dynamic_shapes=dynamic_shapes(inputs), external_data=False,
             verbose=False,
         )
-    folder = os.path.dirname(os.path.abspath(output))
-    fd, tmp = tempfile.mkstemp(prefix=".export_onnx.", suffix=".onnx", dir=folder)
-    os.close(fd)
+    # Beside the output, so that the move is atomic; made by save, so it gets the umask's permissions.
+    folder, name = os.path.split(os.path.abspath(output))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
     try:
         program.save(tmp, external_data=False)
         onnx.checker.check_model(tmp)
-        written = onnx.load(tmp, load_external_data=False)
         os.replace(tmp, output)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return next(entry.version for entry in written.opset_import if entry.domain in ("", "ai.onnx"))
+    return next(e.version for e in program.model_proto.opset_import if e.domain in ("", "ai.onnx"))
 
 
 def max_differences(exported: ExportedDetector, path: str, inputs: dict[str, Tensor]) -> dict[str, float]:

@@ -8,6 +8,7 @@ import argparse
 import pytest
 import torch
 
+from models.ops.modules import MSDeformAttn
 from tests.tiny_model import tiny_flags
 from tools import export_onnx
 from util.args import get_args_parser
@@ -70,13 +71,14 @@ def test_onnxruntime_matches_pytorch_on_other_sizes_with_padding(tmp_path, flags
     checkpoint = _checkpoint(tmp_path, flags)
     path = tmp_path / "model.onnx"
     _export(checkpoint, path, "--padding_mask")
-    model = onnx.load(str(path))
-    assert [i.name for i in model.graph.input] == ["images", "mask"]
-    assert [o.name for o in model.graph.output] == ["pred_logits", "pred_boxes"]
-    ops = {(n.domain, n.op_type) for n in model.graph.node}
-    assert ("", "GridSample") in ops and {domain for domain, _ in ops} <= {"", "ai.onnx"}, "custom operators"
-
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["images", "mask"]
+    assert [o.name for o in graph.output] == ["pred_logits", "pred_boxes"]
+    ops = {(n.domain, n.op_type) for n in graph.node}
+    assert {domain for domain, _ in ops} <= {"", "ai.onnx"}, "custom operators in the graph"
     detector, _ = _pytorch(checkpoint)
+    deformable = any(isinstance(m, MSDeformAttn) for m in detector.modules())
+    assert (("", "GridSample") in ops) == deformable, "the deformable attention as standard GridSample"
     padded = nested_tensor_from_tensor_list(_images())
     assert padded.mask.any(), "the batch has padding"
     single = NestedTensor(torch.randn(1, 3, 120, 88), torch.zeros(1, 120, 88, dtype=torch.bool))
