@@ -32,8 +32,8 @@ from torch import Tensor, nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models.ops.functions.export_mode import export_mode  # noqa: E402
-from util.args import FlagError, get_args_parser  # noqa: E402
-from util.checkpoint import CheckpointError, adopt_recorded_flags, load_checkpoint, load_weights  # noqa: E402
+from util.args import get_args_parser  # noqa: E402
+from util.from_checkpoint import detector_from_checkpoint, typed_flags  # noqa: E402
 from util.misc import NestedTensor  # noqa: E402
 
 PROG = "export_onnx.py"
@@ -153,31 +153,9 @@ def max_differences(exported: ExportedDetector, path: str, inputs: dict[str, Ten
             for name, g, w in zip(names, got, want, strict=True)}
 
 
-def load_detector(args: argparse.Namespace, given: set[str]) -> tuple[nn.Module, dict[str, nn.Module]]:
-    """The model of ``--resume`` in eval mode, with the flags its args record (those in ``given`` win)
-    and every weight it uses loaded, and its post-processors."""
-    from models import build_model
-
-    checkpoint = load_checkpoint(args.resume)
-    saved = checkpoint.get("args") if isinstance(checkpoint, dict) else None
-    for notice in adopt_recorded_flags(args, saved, given, args.resume):
-        print(f"{PROG}: {notice}", flush=True)
-    model, _, postprocessors = build_model(args)
-    load_weights(model, checkpoint, args, args.resume, complete=True)
-    return model.eval(), postprocessors
-
-
-def given_flags(argv: list[str]) -> set[str]:
-    """The flags (dests) ``argv`` sets: parsed with no defaults, so only what was typed is there."""
-    probe = build_parser()
-    for action in probe._actions:
-        action.default, action.required = argparse.SUPPRESS, False
-    return set(vars(probe.parse_known_args(argv)[0]))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, parents=[get_args_parser()],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def export_flags() -> argparse.ArgumentParser:
+    """The tool's own flags (main.py's are the model's)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     group = parser.add_argument_group("export")
     group.add_argument("--output", required=True, help="the .onnx file to write")
     group.add_argument("--opset", type=int, default=18, help=f"ONNX opset, at least {MIN_OPSET} (GridSample)")
@@ -191,8 +169,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="image size of the trace; the graph takes any size")
     group.add_argument("--skip_check", action="store_true",
                        help="do not compare onnxruntime with PyTorch after the export")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     parents=[get_args_parser(), export_flags()],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.set_defaults(device="cpu")
     return parser
+
+
+def model_flags_typed(argv: list[str]) -> set[str]:
+    """The main.py flags typed in ``argv``, which win over the checkpoint's (the tool's own set aside:
+    ``--output`` would read as an abbreviation of main.py's ``--output_dir``)."""
+    probe = export_flags()
+    for action in probe._actions:
+        action.required = False
+    return typed_flags(probe.parse_known_args(argv)[1])
 
 
 def _usage_problem(args: argparse.Namespace) -> str | None:
@@ -202,9 +196,6 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
         return f"--device {args.device}: the export traces the model on the CPU; leave --device out"
     if args.opset < MIN_OPSET:
         return f"--opset {args.opset}: torch's ONNX exporter writes opset {MIN_OPSET} or later"
-    if args.bf_scope != "device":
-        return (f"--bf_scope {args.bf_scope}: an exported graph runs in one process, its BatchFormer "
-                "(--eval_bf) attends across the images of its own batch; leave --bf_scope out")
     if args.num_select < 1:
         return f"--num_select must be positive, got {args.num_select}"
     if min(args.trace_size) < 1:
@@ -239,15 +230,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if problem:
         parser.error(problem)
     _check_export_dependencies()
-    if "no_pretrained_backbone" not in (given := given_flags(argv)):
-        args.no_pretrained_backbone = True  # every weight comes from the checkpoint
-    try:
-        detector, postprocessors = load_detector(args, given)
-    except CheckpointError as e:
-        raise SystemExit(f"{PROG}: error: {e}") from None
-    except FlagError as e:
-        parser.error(str(e))
-    if args.masks:
+    from main import user_errors  # the entry points' one way of ending a user error
+
+    with user_errors(parser):
+        loaded = detector_from_checkpoint(args.resume, "cpu", args, model_flags_typed(argv))
+    detector, postprocessors = loaded.model, loaded.postprocessors
+    if loaded.args.masks:
         print(f"{PROG}: the checkpoint has a mask head; the graph holds the detector's boxes only",
               flush=True)
         detector = detector.detr

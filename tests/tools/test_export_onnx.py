@@ -12,6 +12,7 @@ from models.ops.modules import MSDeformAttn
 from tests.tiny_model import tiny_flags
 from tools import export_onnx
 from util.args import get_args_parser
+from util.from_checkpoint import detector_from_checkpoint, typed_flags
 from util.misc import NestedTensor, nested_tensor_from_tensor_list
 
 onnx = pytest.importorskip("onnx")
@@ -49,11 +50,11 @@ def _export(checkpoint: str, output, *flags: str) -> None:
 
 
 def _pytorch(checkpoint: str, *flags: str):
-    """The checkpoint's model as the tool builds it, run the normal way (not in export mode)."""
-    args = export_onnx.build_parser().parse_args(["--resume", checkpoint, "--output", "unused.onnx", *flags])
-    given = export_onnx.given_flags(list(flags))
-    model, postprocessors = export_onnx.load_detector(args, given)
-    return model, postprocessors
+    """(model, postprocessors) of the checkpoint as the tool builds them, run the normal way (not in export
+    mode)."""
+    loaded = detector_from_checkpoint(checkpoint, "cpu", get_args_parser().parse_args(list(flags)),
+                                      typed_flags(flags))
+    return loaded.model, loaded.postprocessors
 
 
 def _run(path, **inputs: torch.Tensor) -> list[torch.Tensor]:
@@ -95,8 +96,9 @@ def test_onnxruntime_matches_pytorch_on_other_sizes_with_padding(tmp_path, flags
 
 
 def test_eval_bf_exports_the_batchformer_across_the_batch(tmp_path):
-    """With --eval_bf each image's predictions depend on the others of its batch, in the graph too."""
-    checkpoint = _checkpoint(tmp_path, CASES["batchformer"])
+    """With --eval_bf each image's predictions depend on the others of its batch, in the graph too. A
+    checkpoint trained with --bf_scope global exports too: the graph is one process, its batch the scope."""
+    checkpoint = _checkpoint(tmp_path, (*CASES["batchformer"], "--bf_scope", "global"))
     path = tmp_path / "model.onnx"
     _export(checkpoint, path, "--eval_bf", "--padding_mask")
     with_bf, _ = _pytorch(checkpoint, "--eval_bf")
@@ -139,7 +141,6 @@ def test_postprocess_in_the_graph_gives_the_top_detections_in_pixels(tmp_path, c
 @pytest.mark.parametrize("flags, message", [
     (("--opset", "17"), "--opset 17: torch's ONNX exporter writes opset 18 or later"),
     (("--device", "cuda"), "--device cuda: the export traces the model on the CPU"),
-    (("--bf_scope", "global"), "--bf_scope global: an exported graph runs in one process"),
 ])
 def test_flags_it_cannot_honour_end_in_one_line(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
