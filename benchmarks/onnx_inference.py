@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models import build_model  # noqa: E402
 from models.ops.functions import extension  # noqa: E402
 from tools.export_onnx import ExportedDetector, example_inputs, export  # noqa: E402
 from util.args import get_args_parser  # noqa: E402
+from util.from_checkpoint import detector_from_flags  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argparse.Namespace]:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     torch.manual_seed(0)
-    exported = ExportedDetector(build_model(model_flags)[0].eval()).eval()
+    exported = ExportedDetector(detector_from_flags(model_flags)[0]).eval()
     backends = ["cpp", "pytorch"] if "cpu" in extension.compiled_device_types() else ["pytorch"]
 
     with tempfile.TemporaryDirectory() as folder:
