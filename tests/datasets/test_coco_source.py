@@ -72,7 +72,9 @@ def test_training_needs_the_validation_split_and_evaluation_only_it(tmp_path):
     assert args_problem(_args(*train_only)) == (
         "--train_json needs --val_json and --val_images too (the run evaluates on the val split); or drop "
         "the explicit files and pass --coco_path")
-    assert args_problem(_args(*flags[4:], "--eval")) is None
+    checkpoint = tmp_path / "checkpoint.pth"  # the flag checks ask only that it exists
+    checkpoint.write_bytes(b"")
+    assert args_problem(_args(*flags[4:], "--eval", "--resume", str(checkpoint))) is None
 
 
 def test_missing_explicit_files_are_named(tmp_path):
