@@ -9,9 +9,17 @@ import importlib.util
 import math
 import os
 import sys
+import urllib.parse
 from pathlib import Path
 
 from util.hf.folder import is_hf_folder
+
+_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+_BOTTLENECK_BACKBONES = ("resnet50", "resnet101", "resnet152")
+BF_MODES = (0, 1, 7)  # --bf: 0 off, 1 two-stream BatchFormerV2 (published), 7 single stream (public)
+BF_SCOPES = ("device", "global")  # --bf_scope
+# What --resume and --frozen_weights fetch rather than read from disk (util.checkpoint downloads them).
+_URL_SCHEMES = ("http", "https", "ftp", "s3", "file")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -148,7 +156,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="classifier width (labels are category ids, so at least the largest id + 1); "
                         "default: the data set's (for coco the annotation file's largest category id + 1, "
                         "but 91 for --coco_path in the COCO layout; 250 for coco_panoptic, 20 for toy)")
-    p.add_argument("--remove_difficult", action="store_true")
+    p.add_argument("--remove_difficult", action="store_true",
+                   help="accepted for the public command lines; it changes nothing (nor did it there)")
     # run
     p.add_argument("--output_dir", default="", help="path where to save, empty for no saving")
     p.add_argument("--device", default="cuda", help="device to use for training / testing")
@@ -221,10 +230,6 @@ class FlagError(ValueError):
 # built without constraints (its defaults and types are the public ones), so that parent parsers and
 # scripts that fill an args namespace themselves keep working.
 
-_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-_BOTTLENECK_BACKBONES = ("resnet50", "resnet101", "resnet152")
-BF_MODES = (0, 1, 7)  # --bf: 0 off, 1 two-stream BatchFormerV2 (published), 7 single stream (public)
-BF_SCOPES = ("device", "global")  # --bf_scope
 
 # flag: smallest allowed value
 _INT_MINIMA = {
@@ -392,8 +397,9 @@ def _check_weights(args: argparse.Namespace) -> str | None:
             f"trained model (only the toy sets evaluate an untrained one, as a check of the pipeline)")
 
 
-def _is_url(path: str) -> bool:
-    return "://" in path
+def is_url(path: str) -> bool:
+    """Whether a --resume / --frozen_weights value is a URL to download rather than a path."""
+    return urllib.parse.urlparse(path).scheme in _URL_SCHEMES
 
 
 def _creatable_dir_problem(path: str | None) -> str | None:
@@ -417,13 +423,13 @@ def _creatable_dir_problem(path: str | None) -> str | None:
 
 def _check_paths(args: argparse.Namespace) -> str | None:
     resume = getattr(args, "resume", "")
-    if resume and not _is_url(resume) and not os.path.isfile(resume):
+    if resume and not is_url(resume) and not os.path.isfile(resume):
         if not is_hf_folder(resume):
             return (f"--resume {resume}: no such file (a checkpoint path, a Hugging Face model folder "
                     "with config.json, or an http(s) URL)")
     for name in ("frozen_weights", "backbone_weights"):
         path = getattr(args, name, None)
-        if path and not (name == "frozen_weights" and _is_url(path)) and not os.path.isfile(path):
+        if path and not (name == "frozen_weights" and is_url(path)) and not os.path.isfile(path):
             return f"{_flag(name)} {path}: no such file"
     problem = _creatable_dir_problem(getattr(args, "output_dir", ""))
     if problem:
@@ -495,6 +501,9 @@ def args_notices(args: argparse.Namespace) -> list[str]:
     if getattr(args, "drop_path", 0):
         notes.append(f"--drop_path {args.drop_path} has no effect: the public BatchFormerV2 code accepts the "
                      "flag without using it, and so does this one")
+    if getattr(args, "remove_difficult", False):
+        notes.append("--remove_difficult has no effect: the public code accepts the flag (meant for PASCAL "
+                     "VOC) without using it, and so does this one")
     per_device = getattr(args, "bf_scope", "device") == "device"
     if args.bf and not args.eval and per_device and args.batch_size < 2:
         notes.append(f"--bf {args.bf} with --batch_size {args.batch_size}: the BatchFormer attends across "

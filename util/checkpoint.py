@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from util.args import is_url
 from util.errors import CheckpointError
 from util.hf.folder import is_hf_folder
 
@@ -135,10 +136,6 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def _is_url(path_or_url: str) -> bool:
-    return urllib.parse.urlparse(path_or_url).scheme in ("http", "https", "ftp", "s3", "file")
-
-
 def _check_checkpoint_file(path: str, shown: str) -> None:
     """Raise CheckpointError naming ``shown`` when the file at ``path`` cannot be a torch checkpoint.
 
@@ -236,7 +233,7 @@ def load_checkpoint(path_or_url: str, map_location="cpu"):
     another format, or holds Python objects other than those SAFE_GLOBALS allows (a pickle that
     would run code).
     """
-    path = _download(path_or_url) if _is_url(path_or_url) else path_or_url
+    path = _download(path_or_url) if is_url(path_or_url) else path_or_url
     shown = f"{path!r}" if path == path_or_url else f"{path!r} (downloaded from {path_or_url})"
     if os.path.isdir(path):
         if is_hf_folder(path):  # converting it builds models, which this module is below

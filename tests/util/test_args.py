@@ -123,6 +123,18 @@ def test_drop_path_is_accepted_and_said_to_do_nothing(capsys):
     assert _notes(capsys, "--drop-path", "0") == []
 
 
+def test_remove_difficult_is_accepted_and_said_to_do_nothing(capsys):
+    assert _parse("--remove_difficult").remove_difficult and not _parse().remove_difficult
+    notes = _notes(capsys, "--remove_difficult")
+    assert len(notes) == 1 and notes[0].startswith("main.py: warning: --remove_difficult has no effect")
+
+
+def test_resume_url_is_what_the_checkpoint_reader_downloads():
+    """A path with '://' that is no URL the reader fetches is checked as a file, as the reader would."""
+    assert "--resume gs://bucket/ckpt.pth: no such file" in args_problem(_parse("--resume", "gs://bucket/ckpt.pth"))
+    assert args_problem(_parse("--resume", "s3://bucket/ckpt.pth")) is None
+
+
 def test_batchformer_with_one_image_per_device_is_warned(capsys, monkeypatch, tmp_path):
     notes = _notes(capsys, "--bf", "1", "--batch_size", "1")
     assert len(notes) == 1 and "--bf 1 with --batch_size 1" in notes[0] and "itself" in notes[0]
