@@ -621,6 +621,3 @@ def build_deformable_transformer(args, bf_indices: list[int] | tuple[int, ...] =
         bf_mode=args.bf,
         bf_scope=args.bf_scope,
     )
-
-
-build_deforamble_transformer = build_deformable_transformer  # the public module's (misspelt) name

@@ -44,11 +44,6 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def save_on_master(*args, **kwargs) -> None:
-    if is_main_process():
-        torch.save(*args, **kwargs)
-
-
 def setup_for_distributed(is_master: bool) -> None:
     """Silence ``print`` on every rank but the master (``print(..., force=True)`` still prints)."""
     builtin_print = builtins.print

@@ -18,7 +18,6 @@ from util.dist import (  # noqa: F401  (public names of the original module)
     is_dist_avail_and_initialized,
     is_main_process,
     reduce_dict,
-    save_on_master,
     setup_for_distributed,
 )
 from util.logger import MetricLogger, SmoothedValue  # noqa: F401
