@@ -23,8 +23,9 @@ from torch import Tensor, nn
 from models.batchformer import pad_to_common_size
 from models.criterion import SetCriterion
 from models.deformable_transformer import TransformerOutput
+from models.heads import MLP, aux_outputs, box_from_reference
 from models.postprocess import PostProcess
-from util.misc import NestedTensor, inverse_sigmoid, nested_tensor_from_tensor_list
+from util.misc import NestedTensor, nested_tensor_from_tensor_list
 
 __all__ = [
     "DeformableDETR",
@@ -45,22 +46,6 @@ class DetectorState:
     srcs: list[Tensor]  # projected levels (B, C, H_l, W_l), extra levels included
     masks: list[Tensor]  # (B, H_l, W_l), True on padding
     transformer: TransformerOutput
-
-
-class MLP(nn.Module):
-    """A feed-forward network: ``num_layers`` linear layers with ReLU between them."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
-        super().__init__()
-        self.num_layers = num_layers
-        dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
-        dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip(dims_in, dims_out))
-
-    def forward(self, x: Tensor) -> Tensor:
-        for i, layer in enumerate(self.layers):
-            x = F.relu(layer(x)) if i < self.num_layers - 1 else layer(x)
-        return x
 
 
 class DeformableDETR(nn.Module):
@@ -196,37 +181,23 @@ class DeformableDETR(nn.Module):
         # Layer l predicts a correction to the reference it started from (the initial one for l = 0).
         # One-stage refinement turns the 2-d initial points into boxes after layer 0.
         if t.init_reference.shape[-1] == t.inter_references.shape[-1]:
-            coords = _apply_reference(deltas, torch.cat([t.init_reference[None], t.inter_references[:-1]]))
+            coords = box_from_reference(deltas, torch.cat([t.init_reference[None], t.inter_references[:-1]]))
         else:
             coords = torch.cat(
                 [
-                    _apply_reference(deltas[:1], t.init_reference[None]),
-                    _apply_reference(deltas[1:], t.inter_references[:-1]),
+                    box_from_reference(deltas[:1], t.init_reference[None]),
+                    box_from_reference(deltas[1:], t.inter_references[:-1]),
                 ]
             )
         out = {"pred_logits": logits[-1], "pred_boxes": coords[-1], "num_streams": t.num_streams}
         if self.aux_loss:
-            out["aux_outputs"] = self._set_aux_loss(logits, coords)
+            out["aux_outputs"] = aux_outputs(logits, coords)
         if self.two_stage:
             out["enc_outputs"] = {
                 "pred_logits": t.enc_outputs_class,
                 "pred_boxes": t.enc_outputs_coord_unact.sigmoid(),
             }
         return out
-
-    @torch.jit.unused
-    def _set_aux_loss(self, outputs_class: Tensor, outputs_coord: Tensor) -> list[dict]:
-        return [{"pred_logits": a, "pred_boxes": b} for a, b in zip(outputs_class[:-1], outputs_coord[:-1])]
-
-
-def _apply_reference(deltas: Tensor, reference: Tensor) -> Tensor:
-    """Boxes (..., 4) in [0, 1] from head outputs and references: sigmoid(delta + logit(reference)),
-    the reference covering the centre only when it is a point (..., 2)."""
-    reference = inverse_sigmoid(reference)
-    if reference.shape[-1] == 4:
-        return (deltas + reference).sigmoid()
-    return torch.cat([deltas[..., :2] + reference, deltas[..., 2:]], -1).sigmoid()
-
 
 # Kept for util/hf_checkpoint.py, which imports it: the data set's classifier width.
 def num_classes_for(args) -> int:

@@ -21,10 +21,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from models.batchformer import BatchFormerPlan, batchformer_step, build_batchformer
+from models.heads import box_from_reference
 from models.ops.functions.level_shapes import level_tensors
 from models.ops.modules import MSDeformAttn
 from util.args import FlagError
-from util.misc import inverse_sigmoid
 
 
 @dataclass
@@ -303,14 +303,7 @@ class DeformableTransformerDecoder(nn.Module):
                 src_padding_mask,
             )
             if self.refine:
-                delta = self.bbox_embed[lid](output)
-                if reference_points.shape[-1] == 4:
-                    new_reference_points = (delta + inverse_sigmoid(reference_points)).sigmoid()
-                else:
-                    new_reference_points = torch.cat(
-                        [delta[..., :2] + inverse_sigmoid(reference_points), delta[..., 2:]], -1
-                    ).sigmoid()
-                reference_points = new_reference_points.detach()
+                reference_points = box_from_reference(self.bbox_embed[lid](output), reference_points).detach()
             if self.return_intermediate:
                 intermediate.append(output)
                 intermediate_reference_points.append(reference_points)
