@@ -14,6 +14,7 @@ from torch import nn
 
 from models.backbone import build_backbone
 from models.batchformer import resolve_insert_indices
+from models.classification import SigmoidFocal
 from models.criterion import SetCriterion
 from models.deformable_detr import DeformableDETR
 from models.deformable_transformer import build_deformable_transformer
@@ -46,6 +47,7 @@ def build(args: argparse.Namespace, metadata: DatasetMetadata) -> BuiltDetector:
         )
     if args.frozen_weights is not None and not args.masks:
         raise ValueError("--frozen_weights trains only the mask head: it needs --masks")
+    classification = SigmoidFocal.from_args(args)
     model: nn.Module = DeformableDETR(
         build_backbone(args),
         build_deformable_transformer(args, bf_indices),
@@ -56,15 +58,16 @@ def build(args: argparse.Namespace, metadata: DatasetMetadata) -> BuiltDetector:
         with_box_refine=args.with_box_refine,
         two_stage=args.two_stage,
     )
-    postprocessors: dict[str, nn.Module] = {"bbox": PostProcess()}
+    postprocessors: dict[str, nn.Module] = {"bbox": PostProcess(classification=classification)}
     if args.masks:
         model = DeformableDETRsegm(model, freeze_detr=args.frozen_weights is not None)
-        postprocessors["segm"] = PostProcessSegm()
+        postprocessors["segm"] = PostProcessSegm(classification=classification)
         if metadata.is_thing_map is not None:
             postprocessors["panoptic"] = PostProcessPanoptic(dict(metadata.is_thing_map),
-                                                             threshold=args.panoptic_threshold)
-    criterion = SetCriterion(metadata.num_classes, build_matcher(args), _weight_dict(args),
-                             _losses(args), focal_alpha=args.focal_alpha)
+                                                             threshold=args.panoptic_threshold,
+                                                             classification=classification)
+    criterion = SetCriterion(metadata.num_classes, build_matcher(args, classification), _weight_dict(args),
+                             _losses(args), classification=classification)
     return BuiltDetector(model, criterion, postprocessors, bf_indices)
 
 

@@ -1,4 +1,8 @@
-"""The set-prediction losses of Deformable DETR: match, then score each matched pair."""
+"""The set-prediction losses of the DETR family: match, then score each matched pair.
+
+The class loss is the detector's ``models.classification`` kind (sigmoid focal, or softmax cross-entropy);
+the box and mask losses are the same for every detector.
+"""
 from __future__ import annotations
 
 import copy
@@ -7,25 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.classification import Classification, SigmoidFocal, sigmoid_focal_loss
 from util.box_ops import box_cxcywh_to_xyxy, paired_generalized_box_iou
 from util.dist import all_reduce, get_world_size
 from util.misc import accuracy
-
-
-def sigmoid_focal_loss(inputs: Tensor, targets: Tensor, num_boxes: float, alpha: float = 0.25,
-                       gamma: float = 2) -> Tensor:
-    """Focal loss (Lin et al. 2017) of (N, K, ...) logits against same-shape {0, 1} targets.
-
-    The element losses are averaged over dim 1 (queries, or mask pixels), summed over the rest and
-    divided by num_boxes. The classification loss multiplies this by the number of queries.
-    """
-    prob = inputs.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
-    p_t = prob * targets + (1 - prob) * (1 - targets)
-    loss = ce * (1 - p_t) ** gamma
-    if alpha >= 0:
-        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return loss.mean(1).sum() / num_boxes
 
 
 def dice_loss(inputs: Tensor, targets: Tensor, num_boxes: float) -> Tensor:
@@ -60,7 +49,9 @@ class SetCriterion(nn.Module):
     """
 
     def __init__(self, num_classes: int, matcher: nn.Module, weight_dict: dict[str, float], losses: list[str],
-                 focal_alpha: float = 0.25):
+                 focal_alpha: float = 0.25, classification: Classification | None = None):
+        """``classification``: the detector's kind (``models.classification``); without one, the sigmoid
+        focal loss with alpha ``focal_alpha`` (Deformable DETR's, the public signature)."""
         super().__init__()
         unknown = [name for name in losses if name not in self._loss_map()]
         if unknown:
@@ -71,7 +62,7 @@ class SetCriterion(nn.Module):
         self.matcher = matcher
         self.weight_dict = weight_dict
         self.losses = losses
-        self.focal_alpha = focal_alpha
+        self.classification = SigmoidFocal(alpha=focal_alpha) if classification is None else classification
 
     def _loss_map(self) -> dict:
         return {
@@ -96,19 +87,16 @@ class SetCriterion(nn.Module):
 
     def loss_labels(self, outputs: dict, targets: list[dict], indices: list, num_boxes: float,
                     log: bool = True) -> dict[str, Tensor]:
-        """Sigmoid focal loss on one-hot classes (B, Q, C): matched queries have their target's class,
-        the others none; times Q, so that the per-query mean becomes a per-image sum."""
+        """The classification's loss of the logits (B, Q, K): matched queries have their target's class,
+        the others "no object" (index num_classes)."""
         src_logits = outputs["pred_logits"].float()
         idx = self._src_permutation_idx(indices)
         target_classes_o = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
         target_classes_o = target_classes_o.to(src_logits.device)
-        # Index num_classes is "no object": its one-hot column is dropped below.
         target_classes = torch.full(src_logits.shape[:2], self.num_classes, dtype=torch.int64,
                                     device=src_logits.device)
         target_classes[idx] = target_classes_o
-        onehot = F.one_hot(target_classes, self.num_classes + 1)[..., :-1].to(src_logits.dtype)
-        loss_ce = sigmoid_focal_loss(src_logits, onehot, num_boxes, alpha=self.focal_alpha, gamma=2)
-        losses = {"loss_ce": loss_ce * src_logits.shape[1]}
+        losses = {"loss_ce": self.classification.loss(src_logits, target_classes, num_boxes)}
         if log:
             losses["class_error"] = 100 - accuracy(src_logits[idx], target_classes_o)[0]
         return losses
@@ -116,13 +104,11 @@ class SetCriterion(nn.Module):
     @torch.no_grad()
     def loss_cardinality(self, outputs: dict, targets: list[dict], indices: list,
                          num_boxes: float) -> dict[str, Tensor]:
-        """L1 between the number of predicted objects and of targets; logged only, no gradient.
-
-        As in the published code, a query counts as an object when its top class is not the last one.
-        """
+        """L1 between the number of predicted objects (``Classification.num_objects``) and of targets;
+        logged only, no gradient."""
         logits = outputs["pred_logits"]
         tgt_lengths = torch.as_tensor([len(t["labels"]) for t in targets], device=logits.device)
-        card_pred = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1)
+        card_pred = self.classification.num_objects(logits)
         return {"cardinality_error": F.l1_loss(card_pred.float(), tgt_lengths.float())}
 
     def loss_boxes(self, outputs: dict, targets: list[dict], indices: list,

@@ -5,21 +5,25 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from models.classification import FOCAL_GAMMA, MATCHER_FOCAL_ALPHA, Classification, SigmoidFocal
 from util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 
 
 class HungarianMatcher(nn.Module):
     """One-to-one assignment of queries to targets minimising
 
-        cost_bbox * L1(cxcywh) + cost_class * focal class cost + cost_giou * (-GIoU).
+        cost_bbox * L1(cxcywh) + cost_class * class cost + cost_giou * (-GIoU).
 
-    The focal class cost of a query for class c is the focal loss it would pay if c were its
-    positive class minus the one it pays while c is a negative (alpha 0.25, gamma 2). Every target
-    is matched; the other queries stay unmatched (they are the "no object" predictions).
+    The class cost is the detector's classification's (``models.classification``): the focal cost
+    (alpha 0.25, gamma 2) of Deformable DETR and Conditional DETR, or DETR's minus the probability of the
+    target class. Every target is matched; the other queries stay unmatched (they are the "no object"
+    predictions).
     """
 
     def __init__(self, cost_class: float = 1, cost_bbox: float = 1, cost_giou: float = 1,
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+                 focal_alpha: float = MATCHER_FOCAL_ALPHA, focal_gamma: float = FOCAL_GAMMA,
+                 classification: Classification | None = None):
+        """Without ``classification``, the focal cost with ``focal_alpha`` and ``focal_gamma``."""
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError(
@@ -28,8 +32,9 @@ class HungarianMatcher(nn.Module):
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
-        self.focal_alpha = focal_alpha
-        self.focal_gamma = focal_gamma
+        if classification is None:
+            classification = SigmoidFocal(gamma=focal_gamma, cost_alpha=focal_alpha)
+        self.classification = classification
 
     @torch.no_grad()
     def forward(self, outputs: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
@@ -50,15 +55,11 @@ class HungarianMatcher(nn.Module):
         # All images at once: (B*Q, T) with T the targets of the whole batch; only each image's
         # own block is used. float32 whatever the autocast dtype, so costs of close boxes stay apart.
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            prob = logits.flatten(0, 1).float().sigmoid()  # (B*Q, C)
             out_bbox = outputs["pred_boxes"].flatten(0, 1).float()  # (B*Q, 4)
             tgt_ids = torch.cat([t["labels"] for t in targets])
             tgt_bbox = torch.cat([t["boxes"] for t in targets]).float()
 
-            alpha, gamma = self.focal_alpha, self.focal_gamma
-            neg_cost = (1 - alpha) * prob.pow(gamma) * -(1 - prob + 1e-8).log()
-            pos_cost = alpha * (1 - prob).pow(gamma) * -(prob + 1e-8).log()
-            cost_class = pos_cost[:, tgt_ids] - neg_cost[:, tgt_ids]
+            cost_class = self.classification.match_cost(logits.flatten(0, 1).float(), tgt_ids)  # (B*Q, T)
             cost_bbox = torch.cdist(out_bbox, tgt_bbox, p=1)
             cost_giou = -generalized_box_iou(box_cxcywh_to_xyxy(out_bbox), box_cxcywh_to_xyxy(tgt_bbox))
             cost = self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
@@ -74,7 +75,8 @@ class HungarianMatcher(nn.Module):
         return indices
 
 
-def build_matcher(args) -> HungarianMatcher:
-    """The matcher of the published models: its class cost keeps alpha 0.25 whatever --focal_alpha says."""
+def build_matcher(args, classification: Classification | None = None) -> HungarianMatcher:
+    """The matcher of ``args`` with the detector's ``classification`` (the focal cost without one). As in
+    the published matchers, the focal cost keeps alpha 0.25 whatever --focal_alpha says."""
     return HungarianMatcher(cost_class=args.set_cost_class, cost_bbox=args.set_cost_bbox,
-                            cost_giou=args.set_cost_giou)
+                            cost_giou=args.set_cost_giou, classification=classification)

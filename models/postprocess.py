@@ -4,19 +4,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from models.classification import Classification, SigmoidFocal
 from util.box_ops import box_cxcywh_to_xyxy
 
 
 class PostProcess(nn.Module):
-    """Keep the `num_select` best (query, class) pairs of each image.
+    """The detections of each image, as the detector's classification selects them
+    (``Classification.detections``).
 
-    With sigmoid scores every class of every query is a candidate detection, so the top-k runs
-    over Q * C scores; a query may appear several times with different labels.
+    With sigmoid scores (the default) every class of every query is a candidate, so the `num_select`
+    best of the Q * C scores are kept and a query may appear several times with different labels; with
+    DETR's softmax every query is one detection with its best real class.
     """
 
-    def __init__(self, num_select: int = 100):
+    def __init__(self, num_select: int = 100, classification: Classification | None = None):
         super().__init__()
         self.num_select = num_select
+        self.classification = SigmoidFocal() if classification is None else classification
 
     @torch.no_grad()
     def forward(self, outputs: dict, target_sizes: Tensor) -> list[dict[str, Tensor]]:
@@ -41,13 +45,7 @@ class PostProcess(nn.Module):
         if logits.shape[0] != target_sizes.shape[0]:  # not len(): it would fix an exported batch size
             raise ValueError(f"PostProcess: {logits.shape[0]} images of predictions but "
                              f"{target_sizes.shape[0]} target sizes")
-        bs, num_queries, num_classes = logits.shape
-        prob = logits.float().sigmoid().view(bs, -1)  # (B, Q*C), index = query * C + class
-        k = min(self.num_select, prob.shape[1])
-        scores, flat_idx = prob.topk(k, dim=1)
-        query_idx = torch.div(flat_idx, num_classes, rounding_mode="floor")
-        labels = flat_idx % num_classes
-
+        scores, labels, query_idx = self.classification.detections(logits, self.num_select)  # (B, k) each
         xyxy = box_cxcywh_to_xyxy(boxes.float())
         xyxy = torch.gather(xyxy, 1, query_idx.unsqueeze(-1).expand(-1, -1, 4))  # (B, k, 4)
         img_h, img_w = target_sizes.float().unbind(1)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.backbone import STRIDE4
+from models.classification import Classification, SigmoidFocal
 from models.deformable_detr import DeformableDETR, DetectorState
 from util.misc import NestedTensor, nested_tensor_from_tensor_list
 from util.panoptic import png_bytes
@@ -267,13 +268,6 @@ class DeformableDETRsegm(nn.Module):
         return self.mask_head.query_masks(attn, per_image, adapted8, adapted4)
 
 
-def _query_selection(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Scores and query indices of the top-k (query, class) pairs, as ``PostProcess`` selects them."""
-    num_classes = logits.shape[-1]
-    scores, flat_idx = logits.float().sigmoid().flatten(1).topk(k, dim=1)
-    return scores, torch.div(flat_idx, num_classes, rounding_mode="floor")
-
-
 def _masks_at_size(mask_logits: Tensor, processed_size: tuple[int, int], size: tuple[int, int]) -> Tensor:
     """Stride-4 logits (n, h4, w4) of a padded batch -> logits (n, H, W) of one image at ``size``.
 
@@ -289,11 +283,13 @@ def _masks_at_size(mask_logits: Tensor, processed_size: tuple[int, int], size: t
 
 
 class PostProcessSegm(nn.Module):
-    """Adds ``masks`` (k, 1, H, W) bool at the original size to the ``PostProcess`` detections."""
+    """Adds ``masks`` (k, 1, H, W) bool at the original size to the ``PostProcess`` detections, which
+    must come from the same ``classification`` (the queries of the detections are selected again)."""
 
-    def __init__(self, threshold: float = 0.5):
+    def __init__(self, threshold: float = 0.5, classification: Classification | None = None):
         super().__init__()
         self.threshold = threshold
+        self.classification = SigmoidFocal() if classification is None else classification
 
     @torch.no_grad()
     def forward(self, results: list[dict], outputs: dict, orig_target_sizes: Tensor,
@@ -306,7 +302,8 @@ class PostProcessSegm(nn.Module):
                              "images of masks")
         logit_threshold = math.log(self.threshold / (1 - self.threshold))
         for i, res in enumerate(results):
-            scores, query_idx = _query_selection(outputs["pred_logits"][i : i + 1], len(res["scores"]))
+            scores, _, query_idx = self.classification.detections(outputs["pred_logits"][i : i + 1],
+                                                                  len(res["scores"]))
             if not torch.allclose(scores[0], res["scores"].to(scores.device)):
                 raise ValueError("PostProcessSegm: the detections do not come from PostProcess on "
                                  "these outputs")
@@ -320,8 +317,10 @@ class PostProcessSegm(nn.Module):
 class PostProcessPanoptic(nn.Module):
     """Non-overlapping things and stuff from the confident queries, as a COCO panoptic PNG.
 
-    1. Keep the queries whose best class score (sigmoid, over the data set's categories) exceeds
-       ``threshold``.
+    1. Keep the queries whose best class score (``Classification.class_scores``: sigmoid, or DETR's softmax
+       without "no object"; over the data set's categories) exceeds ``threshold`` (published: 0.85 for
+       DETR, where it equals DETR's "best class is not no-object and above 0.85" as any probability
+       above 0.5 is the best).
     2. Each pixel goes to the kept query with the highest score x mask probability, so a confident
        query wins the pixels it shares with a weaker duplicate.
     3. A query's segment is the pixels it won inside its own mask (probability >= 0.5). It is
@@ -332,8 +331,9 @@ class PostProcessPanoptic(nn.Module):
     """
 
     def __init__(self, is_thing_map: dict[int, bool], threshold: float = 0.3, overlap: float = 0.8,
-                 min_area: int = 16):
-        """is_thing_map: every category id of the data set -> isthing; other classes are never output."""
+                 min_area: int = 16, classification: Classification | None = None):
+        """is_thing_map: every category id of the data set -> isthing; other classes are never output.
+        classification: the detector's (sigmoid focal by default)."""
         super().__init__()
         if not 0 <= threshold < 1:
             raise ValueError(f"PostProcessPanoptic: the score threshold (--panoptic_threshold) must be in "
@@ -344,6 +344,7 @@ class PostProcessPanoptic(nn.Module):
         self.threshold = threshold
         self.overlap = overlap
         self.min_area = min_area
+        self.classification = SigmoidFocal() if classification is None else classification
 
     @torch.no_grad()
     def forward(self, outputs: dict, processed_sizes: Tensor,
@@ -361,7 +362,8 @@ class PostProcessPanoptic(nn.Module):
                                     dtype=torch.long, device=logits.device)
         results = []
         for i in range(len(logits)):
-            scores, best = logits[i][:, class_ids].float().sigmoid().max(-1)  # (Q,) over the known classes
+            # (Q,): the best of the data set's classes
+            scores, best = self.classification.class_scores(logits[i])[:, class_ids].max(-1)
             keep = (scores > self.threshold).nonzero()[:, 0]
             keep = keep[scores[keep].argsort(descending=True)]  # segment ids follow the scores
             size = tuple(int(v) for v in target_sizes[i])

@@ -125,7 +125,9 @@ def _add_loss_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cls_loss_coef", default=2, type=float)
     p.add_argument("--bbox_loss_coef", default=5, type=float)
     p.add_argument("--giou_loss_coef", default=2, type=float)
-    p.add_argument("--focal_alpha", default=0.25, type=float)
+    p.add_argument("--focal_alpha", default=0.25, type=float,
+                   help="alpha of the sigmoid focal classification loss; the matcher's focal cost keeps the "
+                        "published 0.25 whatever this says, as in the public code")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:

@@ -32,9 +32,25 @@ def test_returns_model_criterion_postprocessors():
     w = criterion.weight_dict
     assert (w["loss_ce"], w["loss_bbox"], w["loss_giou"]) == (2, 5, 2)
     assert {"loss_ce_0", "loss_bbox_1", "loss_giou_enc"} <= set(w) and "loss_ce_2" not in w
-    assert criterion.losses == ["labels", "boxes", "cardinality"] and criterion.focal_alpha == 0.25
+    assert criterion.losses == ["labels", "boxes", "cardinality"] and criterion.classification.alpha == 0.25
     _, criterion, _ = build_model(_args("--no_aux_loss"))
     assert set(criterion.weight_dict) == {"loss_ce", "loss_bbox", "loss_giou"}
+
+
+def test_focal_alpha_sets_the_loss_and_leaves_the_matcher_published():
+    """The public matchers keep alpha 0.25 in their focal cost whatever --focal_alpha says (issue 23, 9)."""
+    _, criterion, post = build_model(_args("--focal_alpha", "0.5"))
+    assert criterion.classification.alpha == 0.5 and criterion.matcher.classification.cost_alpha == 0.25
+    assert criterion.matcher.classification is criterion.classification is post["bbox"].classification
+    g = torch.Generator().manual_seed(0)
+    outputs = {"pred_logits": torch.randn(1, 5, 20, generator=g),
+               "pred_boxes": torch.rand(1, 5, 4, generator=g)}
+    target = [{"labels": torch.tensor([3, 7]), "boxes": torch.rand(2, 4, generator=g)}]
+    _, published, _ = build_model(_args())
+    assert criterion(outputs, target)["loss_ce"] != published(outputs, target)["loss_ce"]
+    ours, theirs = criterion.matcher(outputs, target), published.matcher(outputs, target)
+    for (rows, cols), (rows0, cols0) in zip(ours, theirs):
+        assert torch.equal(rows, rows0) and torch.equal(cols, cols0)
 
 
 def test_model_options_follow_the_flags():

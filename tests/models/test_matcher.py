@@ -112,4 +112,4 @@ def test_errors():
 def test_build_matcher_reads_args():
     args = SimpleNamespace(set_cost_class=2.0, set_cost_bbox=5.0, set_cost_giou=3.0, focal_alpha=0.5)
     m = build_matcher(args)
-    assert (m.cost_class, m.cost_bbox, m.cost_giou, m.focal_alpha) == (2.0, 5.0, 3.0, 0.25)
+    assert (m.cost_class, m.cost_bbox, m.cost_giou, m.classification.cost_alpha) == (2.0, 5.0, 3.0, 0.25)
