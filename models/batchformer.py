@@ -2,7 +2,10 @@
 
 The layer is a plain ``nn.TransformerEncoderLayer(d_model, nhead=4, dim_feedforward=d_model,
 dropout=0.5)`` (an ``nn.TransformerEncoder`` of them when deeper), so published checkpoints load.
-It runs inside the deformable encoder after the layers listed by ``--insert_idx``.
+It runs inside a detector's encoder after the layers its ``BatchFormerConfig`` lists (``positions``,
+resolved per detector from ``--bf`` and ``--insert_idx``): the encoder hands its state in the layout it
+works in (``Layout``: batch-first for Deformable DETR, sequence-first for DETR) and ``BatchFormerRun``
+applies the steps and counts the streams.
 
 Two-stream training: at the first insert index the batch x (B, L, C) becomes [x ; bf(x)] (2B, L, C);
 at later indices only the second stream goes through the layer. Both streams share every other
@@ -23,12 +26,15 @@ vision transformer), so that there is one implementation of each.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.activation_checkpoint import maybe_checkpointed
 from util.args import BF_MODES
 from util.dist import all_gather_rows, get_world_size, max_over_ranks
 from util.misc import NestedTensor
@@ -56,38 +62,60 @@ def build_batchformer(
     return nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
 
 
-def attend_across_batch(bf: nn.Module, x: Tensor) -> Tensor:
-    """(B, L, C) -> (B, L, C): every position l attends to position l of the other images.
-    Feature vectors (N, C) -> (N, C): every sample attends to the others.
+class Layout(enum.Enum):
+    """How the tensor an encoder hands the BatchFormer holds its images: stated by the caller, never
+    inferred from the shape (a batch of 2 images of 2 tokens reads the same either way)."""
 
-    A sequence-first TransformerEncoderLayer reads (S, N, E); (B, L, C) read that way makes the
-    images the sequence and the positions the batch, with no copy.
+    BATCH_FIRST = "(B, L, C)"  # Deformable DETR's encoder, the vision transformer
+    SEQUENCE_FIRST = "(L, B, C)"  # DETR's and Conditional DETR's encoders (nn.MultiheadAttention's default)
+    VECTORS = "(N, C)"  # one feature vector per sample: the plug-in beyond detection
+
+    @property
+    def batch_dim(self) -> int:
+        """The dimension that indexes the images (where the two streams are concatenated)."""
+        return 1 if self is Layout.SEQUENCE_FIRST else 0
+
+
+def attend_across_batch(bf: nn.Module, x: Tensor, layout: Layout) -> Tensor:
+    """x -> the same shape: every position l attends to position l of the other images (every sample to
+    the others for VECTORS).
+
+    The BatchFormer is a sequence-first layer: it reads (S, N, E). (B, L, C) read that way makes the
+    images the sequence and the positions the batch, with no copy; (L, B, C) is transposed to it (a
+    view) and back; (N, C) becomes a sequence of N samples of a batch of one.
     """
-    if x.dim() == 2:
+    if layout is Layout.VECTORS:
         return bf(x.unsqueeze(1)).squeeze(1)
+    if layout is Layout.SEQUENCE_FIRST:
+        return bf(x.transpose(0, 1)).transpose(0, 1)
     return bf(x)
 
 
-def batchformer_step(bf: nn.Module, x: Tensor, num_images: int, two_stream: bool, num_streams: int) -> Tensor:
-    """Apply one insert index to x, (B, L, C) or (B, C); (2B, ...) once two-streamed.
+def batchformer_step(bf: nn.Module, x: Tensor, layout: Layout, num_images: int, two_stream: bool,
+                     num_streams: int) -> Tensor:
+    """Apply one insert position to x (in ``layout``), whose image dimension holds ``num_streams`` streams
+    of ``num_images`` images.
 
-    Single stream: bf(x). Two streams: [x ; bf(x)] at the first index (x holds ``num_streams`` = 1
-    stream of ``num_images`` rows), then [x0 ; bf(x1)] (the second stream only) at later ones
-    (``num_streams`` = 2). The caller tracks the streams: the row count is not asked.
+    Single stream: bf(x). Two streams: [x ; bf(x)] at the first position (``num_streams`` 1), then
+    [x0 ; bf(x1)] (the second stream only) at later ones (``num_streams`` 2), concatenated along the
+    image dimension. The caller tracks the streams: the row count is not asked.
     """
     if not two_stream:
-        return attend_across_batch(bf, x)
+        return attend_across_batch(bf, x, layout)
     if num_streams not in (1, 2):
         raise ValueError(f"batchformer_step: num_streams must be 1 or 2, got {num_streams}")
+    dim = layout.batch_dim
     if num_streams == 1:
-        return torch.cat([x, attend_across_batch(bf, x)], dim=0)
-    return torch.cat([x[:num_images], attend_across_batch(bf, x[num_images:])], dim=0)
+        return torch.cat([x, attend_across_batch(bf, x, layout)], dim=dim)
+    second = x.narrow(dim, num_images, x.shape[dim] - num_images)
+    return torch.cat([x.narrow(dim, 0, num_images), attend_across_batch(bf, second, layout)], dim=dim)
 
 
 class AcrossRanks:
     """A BatchFormer whose queries are this rank's images and whose keys and values are every rank's.
 
-    Called like the module it wraps, on sequence-first (B_r, L, C): position l of each of the B_r local
+    Called like the module it wraps, with the images as its sequence, (B_r, L, C) (``attend_across_batch``
+    puts every layout so): position l of each of the B_r local
     images attends to position l of all sum_r B_r images of the job, gathered (differentiably) before
     each layer. Attention is per query and the rest of the layer per token, so every rank's rows equal
     the rows the plain module gives for the concatenated batch. With one process it is the module.
@@ -138,18 +166,99 @@ def pad_to_common_size(samples: NestedTensor) -> NestedTensor:
     return NestedTensor(F.pad(samples.tensors, pad), F.pad(mask, pad, value=True))
 
 
+@dataclass(frozen=True)
+class BatchFormerConfig:
+    """A detector's BatchFormerV2, resolved from its flags (``models.detectors`` says what each --bf value
+    means for each detector); a transformer holds one, or None without a BatchFormer.
+
+    ``positions``: the sorted encoder layers after which it runs; ``two_stream``: training makes
+    [x ; bf(x)] (else bf(x) replaces x); ``share``: one layer for every position, else one per position;
+    ``num_layers``: its depth (--bt_num_layers); ``eval_bf``: it also runs at inference, single stream;
+    ``scope``: "device" or "global" (every rank's images, --bf_scope); ``use_checkpoint``: its steps are
+    recomputed in the backward pass (not across ranks, where that would gather every rank's images again).
+    """
+
+    positions: tuple[int, ...]
+    two_stream: bool = True
+    share: bool = True
+    num_layers: int = 1
+    eval_bf: bool = False
+    scope: str = "device"
+    use_checkpoint: bool = False
+
+    def build(self, d_model: int) -> nn.Module:
+        """The layer(s), for a transformer to register as ``bf`` before its encoder (the published state
+        dicts list ``transformer.bf.*`` first): one module when shared, else a ModuleDict by position
+        (keys ``transformer.bf.N.*``), which ``alias`` also registers under the encoder."""
+        if self.share:
+            return build_batchformer(d_model, self.num_layers)
+        return nn.ModuleDict({str(i): build_batchformer(d_model, self.num_layers) for i in self.positions})
+
+    def alias(self, encoder: nn.Module, bf: nn.Module) -> None:
+        """Register the per-position layers as ``encoder.bf`` too (the published keys
+        ``transformer.encoder.bf.N.*``, the same tensors); a shared layer has no second name."""
+        if not self.share:
+            encoder.bf = bf
+
+    def plan(self, bf: nn.Module, training: bool) -> BatchFormerPlan | None:
+        """The BatchFormers one pass runs (``bf`` as ``build`` made it): two-stream training, single-stream
+        training, or single stream at inference with ``eval_bf``; None when the pass skips it."""
+        if not (training or self.eval_bf):
+            return None
+        layers = {i: bf if self.share else bf[str(i)] for i in self.positions}
+        return BatchFormerPlan(layers, two_stream=training and self.two_stream,
+                               across_ranks=self.scope == "global", use_checkpoint=self.use_checkpoint)
+
+    def spans_ranks(self, training: bool) -> bool:
+        """Whether a pass attends across every rank's images: the images must then be padded alike on every
+        rank (``pad_to_common_size``) before the backbone."""
+        return (training or self.eval_bf) and self.scope == "global"
+
+
 class BatchFormerPlan:
     """Which BatchFormer runs after which encoder layer in one forward pass (no parameters).
 
     ``layers`` maps an encoder layer index to its BatchFormer (a module, or ``AcrossRanks`` of one);
     ``two_stream`` selects the training mode; ``across_ranks`` says whether the layers attend across
-    every rank's images (the batch must then be padded with ``pad_to_common_size``).
+    every rank's images (the batch must then be padded with ``pad_to_common_size``); ``use_checkpoint``
+    recomputes each step in the backward pass (never across ranks).
     """
 
-    def __init__(self, layers: Mapping[int, nn.Module], two_stream: bool, across_ranks: bool = False) -> None:
+    def __init__(self, layers: Mapping[int, nn.Module], two_stream: bool, across_ranks: bool = False,
+                 use_checkpoint: bool = False) -> None:
         self.layers = {i: AcrossRanks(m) if across_ranks else m for i, m in layers.items()}
         self.two_stream = two_stream
         self.across_ranks = across_ranks
+        self.use_checkpoint = use_checkpoint and not across_ranks
+
+
+class BatchFormerRun:
+    """One encoder pass through a plan (or None: nothing runs): the BatchFormer after each planned layer,
+    and the stream count.
+
+    The encoder calls ``after_layer(i, x)`` after each of its layers, x in its ``layout``. When that call
+    doubles the batch (the first position in two-stream training) the encoder duplicates its per-image
+    inputs (position encodings, padding masks, reference points) along their image dimension; every later
+    step then holds ``num_streams`` = 2 streams of ``num_images`` images.
+    """
+
+    def __init__(self, plan: BatchFormerPlan | None, layout: Layout, num_images: int) -> None:
+        self.plan = plan
+        self.layout = layout
+        self.num_images = num_images
+        self.num_streams = 1
+
+    def after_layer(self, index: int, x: Tensor) -> tuple[Tensor, bool]:
+        """x after encoder layer ``index``, and whether this call made the second stream."""
+        bf = self.plan.layers.get(index) if self.plan is not None else None
+        if bf is None:
+            return x, False
+        x = maybe_checkpointed(self.plan.use_checkpoint, batchformer_step, bf, x, self.layout,
+                               self.num_images, self.plan.two_stream, self.num_streams)
+        doubled = self.plan.two_stream and self.num_streams == 1
+        if doubled:
+            self.num_streams = 2
+        return x, doubled
 
 
 def resolve_insert_indices(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from models.batchformer import BF_DROPOUT, BF_HEADS, batchformer_step, build_batchformer
+from models.batchformer import BF_DROPOUT, BF_HEADS, Layout, batchformer_step, build_batchformer
 
 EVAL_MODES = ("skip", "average")
 
@@ -36,7 +36,8 @@ def batchformer(
     """
     if not is_training:
         return x, y
-    x = batchformer_step(encoder, x, num_images=x.shape[0], two_stream=two_stream, num_streams=1)
+    x = batchformer_step(encoder, x, Layout.VECTORS, num_images=x.shape[0], two_stream=two_stream,
+                         num_streams=1)
     if two_stream and y is not None:
         y = y.repeat(2, *([1] * (y.dim() - 1)))
     return x, y
@@ -84,7 +85,8 @@ class BatchFormerClassifier(nn.Module):
                              f"got shape {tuple(feats.shape)}")
         if not self.training and self.eval_mode == "average":
             n = feats.shape[0]
-            both = self.classifier(batchformer_step(self.bf, feats, n, two_stream=True, num_streams=1))
+            both = self.classifier(batchformer_step(self.bf, feats, Layout.VECTORS, n, two_stream=True,
+                                                            num_streams=1))
             return (both[:n] + both[n:]) / 2, labels
         feats, labels = batchformer(feats, labels, self.bf, self.training, self.two_stream)
         return self.classifier(feats), labels

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from models.batchformer import BF_DROPOUT, BF_HEADS, batchformer_step, build_batchformer
+from models.batchformer import BF_DROPOUT, BF_HEADS, Layout, batchformer_step, build_batchformer
 
 
 class TinyViT(nn.Module):
@@ -82,7 +82,8 @@ class TinyViT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x)
             if two_stream and i in self.insert_idx:
-                x = batchformer_step(self.bf, x, num_images, two_stream=True, num_streams=num_streams)
+                x = batchformer_step(self.bf, x, Layout.BATCH_FIRST, num_images, two_stream=True,
+                                     num_streams=num_streams)
                 num_streams = 2
         if two_stream and labels is not None:
             labels = torch.cat([labels, labels], dim=0)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from models.backbone import build_backbone
-from models.batchformer import resolve_insert_indices
+from models.batchformer import BatchFormerConfig, resolve_insert_indices
 from models.classification import SigmoidFocal
 from models.criterion import SetCriterion
 from models.deformable_detr import DeformableDETR
@@ -26,13 +26,13 @@ from util.metadata import DatasetMetadata
 
 @dataclass
 class BuiltDetector:
-    """What ``build`` returns. ``bf_indices``: the sorted encoder layers after which BatchFormerV2 runs
-    ([] without one); ``--bf 1`` without ``--insert_idx`` resolves to [0]."""
+    """What ``build`` returns. ``batchformer``: the BatchFormerV2 resolved from the flags (its sorted
+    ``positions``: ``--bf 1`` without ``--insert_idx`` resolves to (0,)), None without one."""
 
     model: nn.Module
     criterion: SetCriterion
     postprocessors: dict[str, nn.Module]
-    bf_indices: list[int]
+    batchformer: BatchFormerConfig | None
 
 
 def build(args: argparse.Namespace, metadata: DatasetMetadata) -> BuiltDetector:
@@ -40,6 +40,10 @@ def build(args: argparse.Namespace, metadata: DatasetMetadata) -> BuiltDetector:
     with random weights; ``args`` is not modified."""
     bf_indices = resolve_insert_indices(args.bf, args.insert_idx, args.enc_layers, args.share_bf,
                                         args.bt_num_layers)
+    batchformer = BatchFormerConfig(
+        tuple(bf_indices), two_stream=args.bf == 1, share=bool(args.share_bf), num_layers=args.bt_num_layers,
+        eval_bf=bool(args.eval_bf), scope=args.bf_scope, use_checkpoint=bool(args.use_checkpoint),
+    ) if bf_indices else None
     if args.hidden_dim % 32 != 0:
         raise ValueError(
             f"--hidden_dim must be a multiple of 32 (the projections use GroupNorm(32)), "
@@ -50,7 +54,7 @@ def build(args: argparse.Namespace, metadata: DatasetMetadata) -> BuiltDetector:
     classification = SigmoidFocal.from_args(args)
     model: nn.Module = DeformableDETR(
         build_backbone(args),
-        build_deformable_transformer(args, bf_indices),
+        build_deformable_transformer(args, batchformer),
         num_classes=metadata.num_classes,
         num_queries=args.num_queries,
         num_feature_levels=args.num_feature_levels,
@@ -68,7 +72,7 @@ def build(args: argparse.Namespace, metadata: DatasetMetadata) -> BuiltDetector:
                                                              classification=classification)
     criterion = SetCriterion(metadata.num_classes, build_matcher(args, classification), _weight_dict(args),
                              _losses(args), classification=classification)
-    return BuiltDetector(model, criterion, postprocessors, bf_indices)
+    return BuiltDetector(model, criterion, postprocessors, batchformer)
 
 
 def _weight_dict(args: argparse.Namespace) -> dict[str, float]:

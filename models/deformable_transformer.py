@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from models.batchformer import BatchFormerPlan, batchformer_step, build_batchformer
+from models.activation_checkpoint import maybe_checkpointed
+from models.batchformer import BatchFormerConfig, BatchFormerPlan, BatchFormerRun, Layout
 from models.heads import box_from_reference
 from models.ops.functions.level_shapes import level_tensors
 from models.ops.modules import MSDeformAttn
@@ -69,15 +69,6 @@ def _level_grids(
         sizes.append(size)
         levels.append(torch.full((h * w,), lvl, dtype=torch.long, device=device))
     return torch.cat(centres), torch.cat(sizes), torch.cat(levels)
-
-
-def _maybe_checkpointed(enabled: bool, fn, *inputs):
-    """fn(*inputs), with its activations recomputed in the backward pass instead of stored when
-    ``enabled`` and autograd is recording. The recomputation replays the saved RNG state, so dropout
-    draws the same masks and the gradients equal those of the stored pass."""
-    if enabled and torch.is_grad_enabled():
-        return checkpoint(fn, *inputs, use_reentrant=False)
-    return fn(*inputs)
 
 
 def valid_sizes(masks: list[Tensor]) -> Tensor:
@@ -131,8 +122,8 @@ class DeformableTransformerEncoderLayer(nn.Module):
 class DeformableTransformerEncoder(nn.Module):
     """A stack of encoder layers, with BatchFormerV2 after the layers a ``BatchFormerPlan`` names.
 
-    ``use_checkpoint`` (``--use_checkpoint``): each layer and each BatchFormer step is recomputed in
-    the backward pass.
+    ``use_checkpoint`` (``--use_checkpoint``): each layer is recomputed in the backward pass (the plan
+    says whether its BatchFormer steps are).
     """
 
     def __init__(self, encoder_layer: DeformableTransformerEncoderLayer, num_layers: int) -> None:
@@ -167,30 +158,20 @@ class DeformableTransformerEncoder(nn.Module):
             shapes = [tuple(s) for s in spatial_shapes.tolist()]
         reference_points = self.get_reference_points(shapes, valid_ratios)
         output = src
-        num_images = src.shape[0]
-        num_streams = 1
+        run = BatchFormerRun(batchformer, Layout.BATCH_FIRST, num_images=src.shape[0])
         for i, layer in enumerate(self.layers):
-            output = _maybe_checkpointed(
+            output = maybe_checkpointed(
                 self.use_checkpoint, layer, output, pos, reference_points, spatial_shapes, level_start_index,
                 padding_mask,
             )
-            if batchformer is None or i not in batchformer.layers:
-                continue
-            # Across ranks, a recomputation would gather every rank's images a second time, in the
-            # backward pass: that layer keeps its activations.
-            output = _maybe_checkpointed(
-                self.use_checkpoint and not batchformer.across_ranks, batchformer_step, batchformer.layers[i],
-                output, num_images, batchformer.two_stream, num_streams,
-            )
-            if batchformer.two_stream and num_streams == 1:
-                # The second stream sees the same images: duplicate their per-image inputs.
-                num_streams = 2
+            output, doubled = run.after_layer(i, output)
+            if doubled:  # the second stream sees the same images: duplicate their per-image inputs
                 pos, reference_points, valid_ratios = (
                     torch.cat([t, t]) for t in (pos, reference_points, valid_ratios)
                 )
                 if padding_mask is not None:
                     padding_mask = torch.cat([padding_mask, padding_mask])
-        return output, valid_ratios, padding_mask, num_streams
+        return output, valid_ratios, padding_mask, run.num_streams
 
 
 class DeformableTransformerDecoderLayer(nn.Module):
@@ -291,7 +272,7 @@ class DeformableTransformerDecoder(nn.Module):
                 reference_points_input = reference_points[:, :, None] * ratios_4d
             else:
                 reference_points_input = reference_points[:, :, None] * ratios_2d
-            output = _maybe_checkpointed(
+            output = maybe_checkpointed(
                 self.use_checkpoint,
                 layer,
                 output,
@@ -313,10 +294,9 @@ class DeformableTransformerDecoder(nn.Module):
 
 
 class DeformableTransformer(nn.Module):
-    """Deformable DETR's transformer, with BatchFormerV2 inside the encoder when ``bf_indices`` is set.
-
-    ``share_bf``: one BatchFormer for every index (``self.bf``) or one per index (``self.bf[str(i)]``,
-    also registered as ``self.encoder.bf`` so that the published state-dict keys exist).
+    """Deformable DETR's transformer, with BatchFormerV2 inside the encoder when ``batchformer`` is given
+    (a ``BatchFormerConfig``: one layer ``self.bf`` for every position, or one per position
+    ``self.bf[str(i)]``, also registered as ``self.encoder.bf`` so that the published keys exist).
     """
 
     def __init__(
@@ -334,13 +314,8 @@ class DeformableTransformer(nn.Module):
         enc_n_points: int = 4,
         two_stage: bool = False,
         two_stage_num_proposals: int = 300,
-        bf_indices: list[int] | tuple[int, ...] = (),
-        share_bf: bool = True,
-        bt_num_layers: int = 1,
-        eval_bf: bool = False,
+        batchformer: BatchFormerConfig | None = None,
         use_checkpoint: bool = False,
-        bf_mode: int = 1,
-        bf_scope: str = "device",
     ) -> None:
         super().__init__()
         if d_model % nhead != 0:
@@ -350,27 +325,17 @@ class DeformableTransformer(nn.Module):
         self.two_stage = two_stage
         self.two_stage_num_proposals = two_stage_num_proposals
         self.num_feature_levels = num_feature_levels
-        self.bf_indices = tuple(sorted(set(bf_indices)))
-        self.share_bf = share_bf
-        self.eval_bf = eval_bf
-        self.bf_mode = bf_mode  # 1 two streams in training, 7 one (models.batchformer)
-        self.bf_scope = bf_scope  # "device" or "global" (every rank's images)
+        self.batchformer = batchformer  # None: no BatchFormerV2
 
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
-        if self.bf_indices:
-            # Registered before the encoder: the published state dicts list transformer.bf first.
-            if share_bf:
-                self.bf = build_batchformer(d_model, bt_num_layers)
-            else:
-                self.bf = nn.ModuleDict(
-                    {str(i): build_batchformer(d_model, bt_num_layers) for i in self.bf_indices}
-                )
+        if batchformer is not None:
+            self.bf = batchformer.build(d_model)  # before the encoder, as the published keys are ordered
         encoder_layer = DeformableTransformerEncoderLayer(
             d_model, dim_feedforward, dropout, activation, num_feature_levels, nhead, enc_n_points
         )
         self.encoder = DeformableTransformerEncoder(encoder_layer, num_encoder_layers)
-        if self.bf_indices and not share_bf:
-            self.encoder.bf = self.bf  # same modules under a second prefix (published keys)
+        if batchformer is not None:
+            batchformer.alias(self.encoder, self.bf)
         decoder_layer = DeformableTransformerDecoderLayer(
             d_model, dim_feedforward, dropout, activation, num_feature_levels, nhead, dec_n_points
         )
@@ -400,19 +365,13 @@ class DeformableTransformer(nn.Module):
         nn.init.normal_(self.level_embed)
 
     def batchformer_plan(self) -> BatchFormerPlan | None:
-        """The BatchFormers this pass runs: two-stream in --bf 1 training, single-stream in --bf 7
-        training and with eval_bf."""
-        if not self.bf_indices or not (self.training or self.eval_bf):
-            return None
-        layers = {i: self.bf if self.share_bf else self.bf[str(i)] for i in self.bf_indices}
-        return BatchFormerPlan(layers, two_stream=self.training and self.bf_mode == 1,
-                               across_ranks=self.bf_scope == "global")
+        """The BatchFormers this pass runs (``BatchFormerConfig.plan``), None when it skips them."""
+        return None if self.batchformer is None else self.batchformer.plan(self.bf, self.training)
 
     def batchformer_spans_ranks(self) -> bool:
         """Whether this pass's BatchFormer attends across every rank's images: the images must then be
         padded alike on every rank (``models.batchformer.pad_to_common_size``)."""
-        plan = self.batchformer_plan()
-        return plan is not None and plan.across_ranks
+        return self.batchformer is not None and self.batchformer.spans_ranks(self.training)
 
     def _initial_reference_points(self, query_pos: Tensor) -> Tensor:
         """sigmoid(reference_points(query_pos)) (B, Q, C) -> (B, Q, 2), in at least float32.
@@ -590,8 +549,8 @@ def _get_activation_fn(activation: str):
     raise ValueError(f"activation must be relu, gelu or glu, got {activation!r}")
 
 
-def build_deformable_transformer(args, bf_indices: list[int] | tuple[int, ...] = ()) -> DeformableTransformer:
-    """The transformer of ``args``; ``bf_indices`` from ``models.batchformer.resolve_insert_indices``."""
+def build_deformable_transformer(args, batchformer: BatchFormerConfig | None = None) -> DeformableTransformer:
+    """The transformer of ``args``, with the BatchFormerV2 ``batchformer`` resolved from them."""
     return DeformableTransformer(
         d_model=args.hidden_dim,
         nhead=args.nheads,
@@ -606,11 +565,6 @@ def build_deformable_transformer(args, bf_indices: list[int] | tuple[int, ...] =
         enc_n_points=args.enc_n_points,
         two_stage=args.two_stage,
         two_stage_num_proposals=args.num_queries,
-        bf_indices=bf_indices,
-        share_bf=bool(args.share_bf),
-        bt_num_layers=args.bt_num_layers,
-        eval_bf=bool(args.eval_bf),
+        batchformer=batchformer,
         use_checkpoint=bool(args.use_checkpoint),
-        bf_mode=args.bf,
-        bf_scope=args.bf_scope,
     )

@@ -1,11 +1,17 @@
 """BatchFormerV2 across the batch: the two streams and the flags' fixes (docs/design/two_streams.md)."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
 from models import build_model
 from models.batchformer import (
+    AcrossRanks,
+    BatchFormerConfig,
+    BatchFormerRun,
+    Layout,
     attend_across_batch,
     batchformer_step,
     build_batchformer,
@@ -77,24 +83,97 @@ def test_layer_configuration():
 def test_each_position_attends_across_the_images():
     layer = build_batchformer(16).eval()
     x = torch.randn(5, 7, 16)  # (B, L, C)
-    out = attend_across_batch(layer, x)
+    out = attend_across_batch(layer, x, Layout.BATCH_FIRST)
     assert out.shape == x.shape
     for pos in range(7):  # position l alone: a sequence of the 5 images at l
         torch.testing.assert_close(out[:, pos], layer(x[:, pos : pos + 1])[:, 0], rtol=1e-5, atol=1e-5)
     changed = x.clone()
     changed[3, 2] += 1.0  # image 3 at position 2 changes only position 2 of every image
-    diff = (attend_across_batch(layer, changed) - out).abs().sum(-1)
+    diff = (attend_across_batch(layer, changed, Layout.BATCH_FIRST) - out).abs().sum(-1)
     assert (diff[:, 2] > 0).all() and diff[:, [0, 1, 3, 4, 5, 6]].max() == 0
 
 
 def test_two_stream_steps():
     add_one = lambda t: t + 1  # stands in for a BatchFormer
     x = torch.zeros(2, 3, 4)
-    first = batchformer_step(add_one, x, num_images=2, two_stream=True, num_streams=1)
+    first = batchformer_step(add_one, x, Layout.BATCH_FIRST, num_images=2, two_stream=True, num_streams=1)
     assert torch.equal(first, torch.cat([x, x + 1]))
-    later = batchformer_step(add_one, first, num_images=2, two_stream=True, num_streams=2)
+    later = batchformer_step(add_one, first, Layout.BATCH_FIRST, num_images=2, two_stream=True, num_streams=2)
     assert torch.equal(later, torch.cat([x, x + 2]))  # the second stream only
-    assert torch.equal(batchformer_step(add_one, x, num_images=2, two_stream=False, num_streams=1), x + 1)
+    single = batchformer_step(add_one, x, Layout.BATCH_FIRST, num_images=2, two_stream=False, num_streams=1)
+    assert torch.equal(single, x + 1)
+
+
+@pytest.mark.parametrize("layout", list(Layout))
+def test_every_layout_attends_across_its_image_dimension(layout):
+    """The same images give the same result in every layout: (B, L, C), (L, B, C) and, for one position,
+    (N, C); the two streams are concatenated along the image dimension."""
+    torch.manual_seed(0)
+    layer = build_batchformer(16).eval()
+    images = torch.randn(3, 5, 16)  # (B, L, C)
+    if layout is Layout.VECTORS:
+        images = images[:, :1]
+    want = attend_across_batch(layer, images, Layout.BATCH_FIRST)
+    as_layout = {Layout.BATCH_FIRST: lambda t: t, Layout.SEQUENCE_FIRST: lambda t: t.transpose(0, 1),
+                 Layout.VECTORS: lambda t: t[:, 0]}[layout]
+    torch.testing.assert_close(attend_across_batch(layer, as_layout(images), layout), as_layout(want))
+    first = batchformer_step(layer, as_layout(images), layout, 3, two_stream=True, num_streams=1)
+    torch.testing.assert_close(first, as_layout(torch.cat([images, want])))
+    later = batchformer_step(layer, first, layout, 3, two_stream=True, num_streams=2)
+    torch.testing.assert_close(later, as_layout(torch.cat([images, attend_across_batch(layer, want,
+                                                                                      Layout.BATCH_FIRST)])))
+
+
+def test_sequence_first_over_every_rank_is_the_batch_first_result(monkeypatch):
+    """--bf_scope global with a sequence-first encoder: AcrossRanks sees the images as its sequence."""
+    import models.batchformer as bfm
+
+    torch.manual_seed(0)
+    bf = build_batchformer(16).eval()
+    everything = torch.randn(5, 4, 16)  # (B, L, C) of both ranks: rank 0 holds images 0-1
+    monkeypatch.setattr(bfm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(bfm, "all_gather_rows", lambda x: torch.cat([x, everything[2:]]))
+    local = everything[:2].transpose(0, 1)  # (L, B_r, C)
+    got = attend_across_batch(AcrossRanks(bf), local, Layout.SEQUENCE_FIRST)
+    torch.testing.assert_close(got, bf(everything)[:2].transpose(0, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_doubles_once_and_steps_the_second_stream_after():
+    """BatchFormerRun on a sequence-first encoder state: [x ; bf(x)] at the first position (the caller
+    is told, to duplicate its per-image inputs), the second stream only at the next; checkpointed steps
+    give the same values and gradients."""
+    torch.manual_seed(0)
+    config = BatchFormerConfig((0, 2), two_stream=True, share=False)
+    bf = config.build(16).eval()  # no dropout: the streams are compared with the layers alone
+    x = torch.randn(4, 3, 16, requires_grad=True)  # (L, B, C)
+    results = []
+    for checkpointed in (False, True):
+        plan = BatchFormerConfig((0, 2), share=False, use_checkpoint=checkpointed).plan(bf, training=True)
+        run = BatchFormerRun(plan, Layout.SEQUENCE_FIRST, num_images=3)
+        y, doubled0 = run.after_layer(0, x)
+        y1, doubled1 = run.after_layer(1, y)
+        y2, doubled2 = run.after_layer(2, y1)
+        assert (doubled0, doubled1, doubled2, run.num_streams) == (True, False, False, 2)
+        assert y1 is y and y2.shape == (4, 6, 16) and torch.equal(y2[:, :3], x)
+        expect = bf["2"](bf["0"](x.transpose(0, 1))).transpose(0, 1)
+        torch.testing.assert_close(y2[:, 3:], expect)
+        (grad,) = torch.autograd.grad(y2.square().sum(), x)
+        results.append((y2, grad))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=0)
+    assert BatchFormerRun(None, Layout.SEQUENCE_FIRST, 3).after_layer(0, x) == (x, False)
+
+
+def test_config_plans_what_each_pass_runs():
+    config = BatchFormerConfig((1,), two_stream=True, eval_bf=False)
+    bf = config.build(16)
+    assert config.plan(bf, training=False) is None and config.plan(bf, training=True).two_stream
+    with_eval = BatchFormerConfig((1,), eval_bf=True, scope="global")
+    plan = with_eval.plan(bf, training=False)
+    assert not plan.two_stream and plan.across_ranks and isinstance(plan.layers[1], AcrossRanks)
+    assert with_eval.spans_ranks(False) and not config.spans_ranks(True)
+    single = BatchFormerConfig((1,), two_stream=False).plan(bf, training=True)
+    assert not single.two_stream
 
 
 @pytest.mark.parametrize("flags", [[], ["--with_box_refine", "--two_stage"]])
@@ -132,7 +211,7 @@ def test_stream_0_is_the_plain_model_and_stream_1_the_eval_bf_model(flags):
     model.eval()
     with torch.no_grad():
         plain = model(samples)
-        model.transformer.eval_bf = True
+        model.transformer.batchformer = dataclasses.replace(model.transformer.batchformer, eval_bf=True)
         with_bf = model(samples)
     assert plain["pred_logits"].shape[0] == b
     for key in ("pred_logits", "pred_boxes"):

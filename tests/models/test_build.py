@@ -64,13 +64,13 @@ def test_model_options_follow_the_flags():
 def test_build_returns_the_resolved_insert_indices_and_leaves_args_alone(capsys):
     args = _args("--bf", "1")
     built = build(args, DatasetMetadata(20))
-    assert built.bf_indices == [0] and "--insert_idx 0" in capsys.readouterr().out
+    assert built.batchformer.positions == (0,) and "--insert_idx 0" in capsys.readouterr().out
     assert args.insert_idx is None
     args = _args("--bf", "1", "--insert_idx", "1", "--insert_idx", "0", "1", "--share_bf", "0")
     flags = vars(args).copy()
     model, _, _ = build_model(args)
     assert vars(args) == flags and list(model.transformer.bf) == ["0", "1"]
-    assert build(args, DatasetMetadata(20)).bf_indices == [0, 1]
+    assert build(args, DatasetMetadata(20)).batchformer.positions == (0, 1)
 
 
 def test_metadata_sets_the_classes_and_the_panoptic_postprocessor():
@@ -93,7 +93,7 @@ def test_namespace_without_newer_flags_takes_the_parser_defaults():
     for name in ("share_bf", "bt_num_layers", "eval_bf", "no_pretrained_backbone"):
         delattr(args, name)
     model, _, _ = build_model(args)
-    assert model.transformer.bf_indices == () and not hasattr(args, "share_bf")
+    assert model.transformer.batchformer is None and not hasattr(args, "share_bf")
 
 
 @pytest.mark.parametrize(
@@ -121,7 +121,7 @@ def test_hyphenated_batchformer_flags():
         [*SMALL, "--bf", "1", "--insert-idx", "1", "--share-bf", "0", "--eval-bf"]
     )
     model, _, _ = build_model(args)
-    assert model.transformer.eval_bf and list(model.transformer.bf) == ["1"]
+    assert model.transformer.batchformer.eval_bf and list(model.transformer.bf) == ["1"]
     model.eval()
     with torch.no_grad():
         out = model([torch.randn(3, 64, 64), torch.randn(3, 32, 48)])

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from models.batchformer import BatchFormerConfig
 from models.deformable_detr import MLP
 from models.deformable_transformer import DeformableTransformer, DeformableTransformerEncoder, valid_sizes
 from models.ops.modules import MSDeformAttn
@@ -214,7 +215,8 @@ def test_two_stage_takes_top_k_of_the_first_class_logit():
 def test_initialisation():
     torch.manual_seed(1)
     t = DeformableTransformer(
-        d_model=256, nhead=8, num_encoder_layers=1, num_decoder_layers=1, num_feature_levels=4, bf_indices=[0]
+        d_model=256, nhead=8, num_encoder_layers=1, num_decoder_layers=1, num_feature_levels=4,
+        batchformer=BatchFormerConfig((0,)),
     )
     attn = t.encoder.layers[0].self_attn
     assert isinstance(attn, MSDeformAttn)
