@@ -31,7 +31,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 import util.dist as dist_utils
 from datasets import DatasetError, data_error_message
 from engine import EPOCH_COUNTS, NonFiniteLossError, evaluate, train_one_epoch
-from util.args import FlagError, get_args_parser, validate_args
+from util.args import FlagError, get_args_parser, parse_args, validate_args
 from util.checkpoint import (
     CheckpointError,
     evaluation_notice,
@@ -617,7 +617,7 @@ def cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="main.py",
                                      description="Deformable DETR training and evaluation script",
                                      parents=[get_args_parser()])
-    run(parser, parser.parse_args(argv))
+    run(parser, parse_args(parser, argv))  # with the defaults of the detector --meta_arch names
 
 
 if __name__ == "__main__":

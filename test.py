@@ -16,7 +16,7 @@ import argparse
 import sys
 
 import main as main_module
-from util.args import args_problem, get_args_parser
+from util.args import args_problem, get_args_parser, parse_args
 from util.from_checkpoint import LoadedDetector, detector_from_checkpoint, typed_flags
 
 
@@ -29,7 +29,7 @@ def cli(argv: list[str] | None = None) -> dict | None:
                     "checkpoint with the architecture and evaluation flags recorded in it; flags given here "
                     "override them.")
     argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not args.resume:
         parser.error("--resume is required: the checkpoint (path or URL) to evaluate")
 

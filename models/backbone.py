@@ -19,18 +19,11 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from models.backbone_catalog import RESNETS, backbone_problem
 from models.position_encoding import build_position_encoding
 from util.checkpoint import CheckpointError, LoadReport, load_checkpoint
 from util.misc import NestedTensor
 
-# Output channels of layer1, layer2, layer3, layer4.
-_RESNET_CHANNELS = {
-    "resnet18": (64, 128, 256, 512),
-    "resnet34": (64, 128, 256, 512),
-    "resnet50": (256, 512, 1024, 2048),
-    "resnet101": (256, 512, 1024, 2048),
-    "resnet152": (256, 512, 1024, 2048),
-}
 _STEM = ("conv1", "bn1", "relu", "maxpool")
 # Name of the extra stride-4 map in the backbone's outputs (the mask head's finest input).
 STRIDE4 = "stride4"
@@ -111,12 +104,9 @@ class Backbone(nn.Module):
         return_stride4: bool = False,
     ) -> None:
         super().__init__()
-        if name not in _RESNET_CHANNELS:
-            raise ValueError(f"--backbone must be one of {sorted(_RESNET_CHANNELS)}, got {name!r}")
-        if dilation and name in ("resnet18", "resnet34"):
-            raise ValueError(
-                f"--dilation needs a bottleneck ResNet (resnet50 or larger), got --backbone {name}"
-            )
+        problem = backbone_problem(name, dilation)
+        if problem:
+            raise ValueError(problem)
         resnet = getattr(torchvision.models, name)(
             weights=None, replace_stride_with_dilation=[False, False, dilation], norm_layer=FrozenBatchNorm2d
         )
@@ -125,7 +115,7 @@ class Backbone(nn.Module):
         for pname, p in resnet.named_parameters():
             if not train_backbone or not pname.startswith(("layer2", "layer3", "layer4")):
                 p.requires_grad_(False)
-        channels = _RESNET_CHANNELS[name]
+        channels = RESNETS[name][0]
         if return_interm_layers:
             return_layers = {"layer2": "0", "layer3": "1", "layer4": "2"}
             self.strides = [8, 16, 32]
@@ -248,8 +238,6 @@ def load_pretrained_backbone(model: nn.Module, args) -> bool:
 def build_backbone(args) -> Joiner:
     """The backbone of ``args`` with random weights: trainable layer2-4 when ``--lr_backbone`` > 0;
     intermediate levels when multi-scale or with ``--masks``, and the stride-4 map with ``--masks``."""
-    if args.backbone not in _RESNET_CHANNELS:
-        raise ValueError(f"--backbone must be one of {sorted(_RESNET_CHANNELS)}, got {args.backbone!r}")
     position_embedding = build_position_encoding(args)
     train_backbone = args.lr_backbone > 0
     return_interm_layers = args.masks or args.num_feature_levels > 1

@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.activation_checkpoint import maybe_checkpointed
-from util.args import BF_MODES
 from util.dist import all_gather_rows, get_world_size, max_over_ranks
 from util.misc import NestedTensor
 
@@ -261,33 +260,74 @@ class BatchFormerRun:
         return x, doubled
 
 
-def resolve_insert_indices(
-    bf: int, insert_idx: list[int] | None, enc_layers: int, share_bf: int = 1, bt_num_layers: int = 1
-) -> list[int]:
-    """Validate the BatchFormerV2 flags; return the sorted, de-duplicated insert indices.
+@dataclass(frozen=True)
+class BatchFormerMode:
+    """What one ``--bf`` value means for a detector (``models.detectors`` lists each detector's).
 
-    ``--bf 1`` (or 7) without ``--insert_idx`` inserts after encoder layer 0 (the published setting),
-    with a notice; with ``--bf 0`` the result is [].
+    ``two_stream``: training makes [x ; bf(x)] (else bf(x) replaces x). Where it runs: after encoder layer
+    ``at`` (negative counts from the end: -1 is after the whole encoder) when given, else after each
+    ``--insert_idx`` layer; without ``--insert_idx``, after every layer from ``--start_idx`` when
+    ``from_start_idx`` (DETR's --bf 3), else after layer 0 with a notice (Deformable DETR's --bf 1 and 7).
     """
-    if bf not in BF_MODES:
-        raise ValueError(f"--bf must be 0 (off), 1 (two-stream BatchFormerV2) or 7 (single stream), got {bf}")
-    if share_bf not in (0, 1):
-        raise ValueError(f"--share_bf must be 0 or 1, got {share_bf}")
-    if bt_num_layers < 1:
-        raise ValueError(f"--bt_num_layers must be at least 1, got {bt_num_layers}")
-    if bf == 0:
-        return []
-    if not insert_idx:
-        print(f"BatchFormerV2: --bf {bf} without --insert_idx; inserting after encoder layer 0 "
-              "(--insert_idx 0)")
-        return [0]
-    bad = [i for i in insert_idx if not 0 <= i < enc_layers]
-    if bad:
-        raise ValueError(
-            f"--insert_idx must be encoder layer indices in [0, {enc_layers}) "
-            f"(--enc_layers {enc_layers}), got {bad}"
-        )
-    return sorted(set(insert_idx))
+
+    description: str
+    two_stream: bool
+    at: int | None = None
+    from_start_idx: bool = False
+
+
+def resolve_batchformer(args, modes: Mapping[int, BatchFormerMode],
+                        detector: str) -> tuple[BatchFormerConfig | None, str | None]:
+    """The BatchFormerV2 of ``args`` for a detector whose --bf values are ``modes``, and a notice to print
+    (or None); (None, None) with --bf 0. The flags' one check: a ValueError names the flag at fault."""
+    if args.share_bf not in (0, 1):
+        raise ValueError(f"--share_bf must be 0 or 1, got {args.share_bf}")
+    if args.eval_bf not in (0, 1):
+        raise ValueError(f"--eval_bf must be 0 or 1, got {args.eval_bf}")
+    if args.bt_num_layers < 1:
+        raise ValueError(f"--bt_num_layers must be at least 1, got {args.bt_num_layers}")
+    if args.bf == 0:
+        return None, None
+    mode = modes.get(args.bf)
+    if mode is None:
+        choices = "; ".join(f"{value} {m.description}" for value, m in modes.items())
+        raise ValueError(f"--bf must be 0 (off) or a mode of --meta_arch {detector} ({choices}), "
+                         f"got {args.bf}")
+    if args.bf_scope == "global" and args.masks:
+        # The mask loss pads each process's target masks to its own largest image, while the predicted
+        # masks cover the job's largest: the two would be compared out of register.
+        raise ValueError("--bf_scope global does not support --masks (the mask loss pads targets per "
+                         "process)")
+    positions, notice = _positions(args, mode)
+    config = BatchFormerConfig(positions, two_stream=mode.two_stream, share=bool(args.share_bf),
+                               num_layers=args.bt_num_layers, eval_bf=bool(args.eval_bf), scope=args.bf_scope,
+                               use_checkpoint=bool(args.use_checkpoint))
+    return config, notice
+
+
+def _positions(args, mode: BatchFormerMode) -> tuple[tuple[int, ...], str | None]:
+    enc_layers = args.enc_layers
+    if mode.at is not None:
+        if args.insert_idx:
+            raise ValueError(f"--insert_idx does not apply to --bf {args.bf} ({mode.description})")
+        at = mode.at % enc_layers if mode.at < 0 else mode.at
+        if at >= enc_layers:
+            raise ValueError(f"--bf {args.bf} ({mode.description}) needs --enc_layers above {at}, "
+                             f"got {enc_layers}")
+        return (at,), None
+    if args.insert_idx:
+        bad = [i for i in args.insert_idx if not 0 <= i < enc_layers]
+        if bad:
+            raise ValueError(f"--insert_idx must be encoder layer indices in [0, {enc_layers}) "
+                             f"(--enc_layers {enc_layers}), got {bad}")
+        return tuple(sorted(set(args.insert_idx))), None
+    if mode.from_start_idx:
+        if not 0 <= args.start_idx < enc_layers:
+            raise ValueError(f"--start_idx must be an encoder layer index in [0, {enc_layers}) "
+                             f"(--enc_layers {enc_layers}), got {args.start_idx}")
+        return tuple(range(args.start_idx, enc_layers)), None
+    return (0,), (f"BatchFormerV2: --bf {args.bf} without --insert_idx; inserting after encoder layer 0 "
+                  "(--insert_idx 0)")
 
 
 def is_batchformer_parameter(name: str) -> bool:

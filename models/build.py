@@ -1,9 +1,11 @@
 """Assembling a detector from the flags: ``build(args, metadata)``.
 
-Everything the model needs to know about the data comes in ``metadata`` (``util.metadata``), every
-setting from ``args`` (complete: the parser holds the defaults). Building loads no weights and reads no
-file; the ImageNet weights of the backbone are loaded by the caller
-(``models.backbone.load_pretrained_backbone``), checkpoints by ``util.checkpoint``.
+The detector is ``--meta_arch``'s (``models/detectors.py``): its module builds the model, its
+classification kind is shared by the criterion, the matcher and the post-processors built here. Everything
+the model needs to know about the data comes in ``metadata`` (``util.metadata``), every setting from
+``args`` (complete: ``util.args.with_defaults``). Building loads no weights and reads no file; the ImageNet
+weights of the backbone are loaded by the caller (``models.backbone.load_pretrained_backbone``),
+checkpoints by ``util.checkpoint``.
 """
 from __future__ import annotations
 
@@ -12,15 +14,13 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from models.backbone import build_backbone
-from models.batchformer import BatchFormerConfig, resolve_insert_indices
-from models.classification import SigmoidFocal
+from models.batchformer import BatchFormerConfig
 from models.criterion import SetCriterion
-from models.deformable_detr import DeformableDETR
-from models.deformable_transformer import build_deformable_transformer
+from models.detectors import architecture_problem, batchformer_of, detector
 from models.matcher import build_matcher
 from models.postprocess import PostProcess
 from models.segmentation import DeformableDETRsegm, PostProcessPanoptic, PostProcessSegm
+from util.args import flag_defaults
 from util.metadata import DatasetMetadata
 
 
@@ -38,30 +38,16 @@ class BuiltDetector:
 def build(args: argparse.Namespace, metadata: DatasetMetadata) -> BuiltDetector:
     """The detector of ``args`` (``util.args.get_args_parser``) for a data set described by ``metadata``,
     with random weights; ``args`` is not modified."""
-    bf_indices = resolve_insert_indices(args.bf, args.insert_idx, args.enc_layers, args.share_bf,
-                                        args.bt_num_layers)
-    batchformer = BatchFormerConfig(
-        tuple(bf_indices), two_stream=args.bf == 1, share=bool(args.share_bf), num_layers=args.bt_num_layers,
-        eval_bf=bool(args.eval_bf), scope=args.bf_scope, use_checkpoint=bool(args.use_checkpoint),
-    ) if bf_indices else None
-    if args.hidden_dim % 32 != 0:
-        raise ValueError(
-            f"--hidden_dim must be a multiple of 32 (the projections use GroupNorm(32)), "
-            f"got {args.hidden_dim}"
-        )
-    if args.frozen_weights is not None and not args.masks:
-        raise ValueError("--frozen_weights trains only the mask head: it needs --masks")
-    classification = SigmoidFocal.from_args(args)
-    model: nn.Module = DeformableDETR(
-        build_backbone(args),
-        build_deformable_transformer(args, batchformer),
-        num_classes=metadata.num_classes,
-        num_queries=args.num_queries,
-        num_feature_levels=args.num_feature_levels,
-        aux_loss=args.aux_loss,
-        with_box_refine=args.with_box_refine,
-        two_stage=args.two_stage,
-    )
+    problem = architecture_problem(args, flag_defaults(args.meta_arch))
+    if problem:
+        raise ValueError(problem)
+    batchformer, notice = batchformer_of(args)
+    if notice:
+        print(notice)
+    entry = detector(args.meta_arch)
+    classification = entry.classification.from_args(args)
+    model: nn.Module = entry.load(args.meta_arch).build(
+        args, num_classes=metadata.num_classes, classification=classification, batchformer=batchformer)
     postprocessors: dict[str, nn.Module] = {"bbox": PostProcess(classification=classification)}
     if args.masks:
         model = DeformableDETRsegm(model, freeze_detr=args.frozen_weights is not None)

@@ -13,16 +13,17 @@ B' = num_streams * B: 2 in two-stream BatchFormerV2 training, where stream 1 is 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.batchformer import pad_to_common_size
+from models.backbone import build_backbone
+from models.batchformer import BatchFormerConfig, pad_to_common_size
+from models.classification import Classification, SigmoidFocal
 from models.criterion import SetCriterion
-from models.deformable_transformer import TransformerOutput
+from models.deformable_transformer import TransformerOutput, build_deformable_transformer
 from models.heads import MLP, aux_outputs, box_from_reference
 from models.postprocess import PostProcess
 from util.misc import NestedTensor, nested_tensor_from_tensor_list
@@ -61,12 +62,16 @@ class DeformableDETR(nn.Module):
         aux_loss: bool = True,
         with_box_refine: bool = False,
         two_stage: bool = False,
+        classification: Classification | None = None,
     ) -> None:
+        """``classification``: the class head's kind (``models.classification``), sigmoid focal by default."""
         super().__init__()
+        if classification is None:
+            classification = SigmoidFocal()
         self.num_queries = num_queries
         self.transformer = transformer
         hidden_dim = transformer.d_model
-        class_embed = nn.Linear(hidden_dim, num_classes)
+        class_embed = nn.Linear(hidden_dim, classification.num_logits(num_classes))
         bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         self.class_embed = class_embed
         self.bbox_embed = bbox_embed
@@ -108,8 +113,7 @@ class DeformableDETR(nn.Module):
         self.with_box_refine = with_box_refine
         self.two_stage = two_stage
 
-        prior_prob = 0.01
-        nn.init.constant_(class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
+        classification.init_head(class_embed)
         nn.init.constant_(bbox_embed.layers[-1].weight, 0.0)
         nn.init.constant_(bbox_embed.layers[-1].bias, 0.0)
         for proj in self.input_proj:
@@ -198,6 +202,22 @@ class DeformableDETR(nn.Module):
                 "pred_boxes": t.enc_outputs_coord_unact.sigmoid(),
             }
         return out
+
+def build(args, *, num_classes: int, classification: Classification,
+          batchformer: BatchFormerConfig | None) -> DeformableDETR:
+    """``--meta_arch deformable_detr`` (``models/detectors.py``): the detector of ``args``."""
+    return DeformableDETR(
+        build_backbone(args),
+        build_deformable_transformer(args, batchformer),
+        num_classes=num_classes,
+        num_queries=args.num_queries,
+        num_feature_levels=args.num_feature_levels,
+        aux_loss=args.aux_loss,
+        with_box_refine=args.with_box_refine,
+        two_stage=args.two_stage,
+        classification=classification,
+    )
+
 
 # Kept for util/hf_checkpoint.py, which imports it: the data set's classifier width.
 def num_classes_for(args) -> int:

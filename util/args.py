@@ -5,18 +5,20 @@ and this codebase's additions. Hyphenated spellings (``--batch-size``) are accep
 underscored flag because the BatchFormer README uses them.
 """
 import argparse
+import copy
+import functools
 import importlib.util
 import math
 import os
 import sys
 import urllib.parse
+from collections.abc import Collection
 from pathlib import Path
 
 from util.hf.folder import is_hf_folder
 
-_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-_BOTTLENECK_BACKBONES = ("resnet50", "resnet101", "resnet152")
-BF_MODES = (0, 1, 7)  # --bf: 0 off, 1 two-stream BatchFormerV2 (published), 7 single stream (public)
+# --meta_arch's default: the public Deformable DETR's flags are the parser's defaults.
+DEFAULT_META_ARCH = "deformable_detr"
 BF_SCOPES = ("device", "global")  # --bf_scope
 # What --resume and --frozen_weights fetch rather than read from disk (util.checkpoint downloads them).
 _URL_SCHEMES = ("http", "https", "ftp", "s3", "file")
@@ -48,6 +50,13 @@ def _add_optim_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from models.backbone_catalog import BACKBONES
+    from models.detectors import DETECTORS
+
+    detectors = "; ".join(f"{name}: {d.description}" for name, d in DETECTORS.items())
+    p.add_argument("--meta_arch", default=DEFAULT_META_ARCH, choices=tuple(DETECTORS),
+                   help=f"the detector; the other flags' defaults become its public repository's (a flag "
+                        f"given here wins): {detectors}")
     # Deformable DETR variants
     p.add_argument("--with_box_refine", default=False, action="store_true")
     p.add_argument("--two_stage", default=False, action="store_true")
@@ -57,7 +66,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
     # backbone
     p.add_argument("--backbone", default="resnet50", type=str,
-                   help="torchvision ResNet: resnet18, resnet34, resnet50 or resnet101")
+                   help="a torchvision ResNet: " + ", ".join(BACKBONES))
     p.add_argument("--dilation", action="store_true",
                    help="replace the stride of the last block by a dilation (DC5)")
     p.add_argument("--position_embedding", default="sine", type=str, choices=("sine", "learned"))
@@ -78,6 +87,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num_queries", default=300, type=int)
     p.add_argument("--dec_n_points", default=4, type=int)
     p.add_argument("--enc_n_points", default=4, type=int)
+    p.add_argument("--pre_norm", action="store_true",
+                   help="DETR family: layer norm before each attention and FFN block instead of after")
     p.add_argument("--drop_path", default=0.0, type=float,
                    help="accepted for the public BatchFormerV2 command lines; it changes nothing "
                         "(nor did it there)")
@@ -92,11 +103,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_batchformer_args(p: argparse.ArgumentParser) -> None:
+    from models.detectors import DETECTORS
+
+    modes = "; ".join(f"{name}: " + ", ".join(f"{value} {m.description}" for value, m in d.bf_modes.items())
+                      for name, d in DETECTORS.items())
     p.add_argument("--bf", default=0, type=int,
-                   help="BatchFormerV2: 0 off, 1 two-stream training (the published mode), 7 single stream "
-                        "(the BatchFormer's output replaces the batch in training; skipped at test)")
+                   help=f"BatchFormerV2 mode, 0 off; the others per --meta_arch ({modes}). It is skipped at "
+                        "test unless --eval_bf")
     p.add_argument("--insert_idx", default=None, type=int, nargs="+", action="extend",
                    help="encoder layer(s) after which the BatchFormer runs; repeatable")
+    p.add_argument("--start_idx", default=0, type=int,
+                   help="DETR family, --bf 3 without --insert_idx: the BatchFormer runs after every encoder "
+                        "layer from this one")
     p.add_argument("--share_bf", default=1, type=int,
                    help="1: one BatchFormer layer shared by every insert index; 0: one per index")
     p.add_argument("--bt_num_layers", default=1, type=int, help="depth of each BatchFormer")
@@ -108,8 +126,9 @@ def _add_batchformer_args(p: argparse.ArgumentParser) -> None:
                         "encoder state per insert index)")
     p.add_argument("--bf_lr", default=1.0, type=float,
                    help="multiplier of --lr for the BatchFormer's parameters")
-    p.add_argument("--bf_weight_decay", default=None, type=float,
-                   help="weight decay of the BatchFormer's parameters (default: --weight_decay)")
+    p.add_argument("--bf_weight_decay", "--bt_decay", default=None, type=float,
+                   help="weight decay of the BatchFormer's parameters (default: --weight_decay); --bt_decay "
+                        "is the public BatchFormer DETR code's name")
 
 
 def _add_loss_args(p: argparse.ArgumentParser) -> None:
@@ -125,6 +144,8 @@ def _add_loss_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cls_loss_coef", default=2, type=float)
     p.add_argument("--bbox_loss_coef", default=5, type=float)
     p.add_argument("--giou_loss_coef", default=2, type=float)
+    p.add_argument("--eos_coef", default=0.1, type=float,
+                   help="DETR: weight of the no-object class in the classification loss")
     p.add_argument("--focal_alpha", default=0.25, type=float,
                    help="alpha of the sigmoid focal classification loss; the matcher's focal cost keeps the "
                         "published 0.25 whatever this says, as in the public code")
@@ -208,11 +229,50 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@functools.lru_cache(maxsize=1)
+def _parser_defaults() -> dict:
+    return vars(get_args_parser().parse_args([]))
+
+
+def detector_defaults(meta_arch: str) -> dict:
+    """The flags whose defaults differ for ``--meta_arch`` (``models.detectors``): its public repository's."""
+    from models.detectors import detector
+
+    return copy.deepcopy(dict(detector(meta_arch).defaults))
+
+
+def flag_defaults(meta_arch: str = DEFAULT_META_ARCH) -> dict:
+    """Every flag's default for the detector ``meta_arch``."""
+    return {**copy.deepcopy(_parser_defaults()), **detector_defaults(meta_arch), "meta_arch": meta_arch}
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` with the defaults of the detector ``--meta_arch`` names: a second parse
+    once the detector is known, so that a flag typed on the command line still wins."""
+    args = parser.parse_args(argv)
+    own = detector_defaults(args.meta_arch)
+    if not own:
+        return args
+    parser.set_defaults(**own)
+    return parser.parse_args(argv)
+
+
+def switch_detector(args: argparse.Namespace, meta_arch: str, keep: Collection[str] = ()) -> None:
+    """Make ``args`` (parsed for ``args.meta_arch``) flags of ``meta_arch``: every flag either detector sets
+    a default of takes the new one's, except those in ``keep`` (the ones typed on the command line)."""
+    new = flag_defaults(meta_arch)
+    for flag in set(detector_defaults(args.meta_arch)) | set(detector_defaults(meta_arch)):
+        if flag not in keep:
+            setattr(args, flag, new[flag])
+    args.meta_arch = meta_arch
+
+
 def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """A copy of ``args`` with every flag it lacks at the parser's default: namespaces recorded by older
-    code (published checkpoints predate the BatchFormer flags) or filled in by hand build the same
-    model as parsed flags, and no builder restates a default."""
-    return argparse.Namespace(**{**vars(get_args_parser().parse_args([])), **vars(args)})
+    """A copy of ``args`` with every flag it lacks at its detector's default (``--meta_arch``, Deformable
+    DETR when absent): namespaces recorded by older code (published checkpoints predate the BatchFormer
+    flags) or filled in by hand build the same model as parsed flags, and no builder restates a default."""
+    defaults = flag_defaults(getattr(args, "meta_arch", DEFAULT_META_ARCH))
+    return argparse.Namespace(**{**defaults, **vars(args)})
 
 
 def dataset_metadata(args: argparse.Namespace):
@@ -239,11 +299,12 @@ _INT_MINIMA = {
     "dec_layers": 1, "dim_feedforward": 1, "hidden_dim": 1, "nheads": 1, "num_queries": 1,
     "dec_n_points": 1, "enc_n_points": 1, "bt_num_layers": 1, "num_workers": 0, "print_freq": 1,
     "max_iters_per_epoch": 0, "max_eval_iters": 0, "eval_every": 0, "num_classes": 1, "max_image_pixels": 0,
+    "start_idx": 0,
 }
 _NON_NEGATIVE = (
     "lr", "lr_backbone", "lr_linear_proj_mult", "weight_decay", "clip_max_norm", "position_embedding_scale",
     "set_cost_class", "set_cost_bbox", "set_cost_giou", "mask_loss_coef", "dice_loss_coef", "cls_loss_coef",
-    "bbox_loss_coef", "giou_loss_coef", "bf_lr", "bf_weight_decay",
+    "bbox_loss_coef", "giou_loss_coef", "bf_lr", "bf_weight_decay", "eos_coef",
 )
 _UNIT_INTERVAL = ("dropout", "panoptic_threshold")
 
@@ -288,42 +349,18 @@ def _check_numbers(args: argparse.Namespace) -> str | None:
 
 
 def _check_architecture(args: argparse.Namespace) -> str | None:
-    if args.backbone not in _BACKBONES:
-        return f"--backbone must be one of {', '.join(_BACKBONES)}, got {args.backbone!r}"
-    if args.dilation and args.backbone not in _BOTTLENECK_BACKBONES:
-        return (f"--dilation needs a bottleneck ResNet ({', '.join(_BOTTLENECK_BACKBONES)}), "
-                f"got --backbone {args.backbone}")
-    if args.hidden_dim % 32:
-        return (f"--hidden_dim must be a multiple of 32 (the input projections use GroupNorm(32)), "
-                f"got {args.hidden_dim}")
-    if args.hidden_dim % args.nheads:
-        return f"--hidden_dim ({args.hidden_dim}) must be divisible by --nheads ({args.nheads})"
-    # Multi-scale takes three backbone levels (strides 8, 16, 32) and adds extra ones on top.
-    if args.num_feature_levels == 2 or (args.masks and args.num_feature_levels < 3):
-        needs = "with --masks" if args.masks else "multi-scale"
-        return (f"--num_feature_levels must be 1 (single scale) or >= 3 ({needs}, the backbone gives "
-                f"three levels), got {args.num_feature_levels}")
-    if args.frozen_weights is not None and not args.masks:
-        return "--frozen_weights trains only the mask head on a frozen detector: it needs --masks"
-    return None
+    from models.detectors import architecture_problem
+
+    return architecture_problem(args, flag_defaults(args.meta_arch))
 
 
 def _check_batchformer(args: argparse.Namespace) -> str | None:
-    if args.bf not in BF_MODES:
-        return f"--bf must be 0 (off), 1 (two-stream BatchFormerV2) or 7 (single stream), got {args.bf}"
-    if args.share_bf not in (0, 1):
-        return f"--share_bf must be 0 or 1, got {args.share_bf}"
-    if args.eval_bf not in (0, 1):
-        return f"--eval_bf must be 0 or 1, got {args.eval_bf}"
-    if args.bf and args.bf_scope == "global" and args.masks:
-        # The mask loss pads each process's target masks to its own largest image, while the predicted
-        # masks cover the job's largest: the two would be compared out of register.
-        return "--bf_scope global does not support --masks (the mask loss pads targets per process)"
-    if args.bf and args.insert_idx:
-        bad = [i for i in args.insert_idx if not 0 <= i < args.enc_layers]
-        if bad:
-            return (f"--insert_idx must be encoder layer indices in [0, {args.enc_layers}) "
-                    f"(--enc_layers {args.enc_layers}), got {bad}")
+    from models.detectors import batchformer_of
+
+    try:
+        batchformer_of(args)
+    except ValueError as e:
+        return str(e)
     return None
 
 
@@ -503,6 +540,10 @@ def args_notices(args: argparse.Namespace) -> list[str]:
     if getattr(args, "drop_path", 0):
         notes.append(f"--drop_path {args.drop_path} has no effect: the public BatchFormerV2 code accepts the "
                      "flag without using it, and so does this one")
+    from models.detectors import DETECTORS, ignored_flags
+
+    if getattr(args, "meta_arch", DEFAULT_META_ARCH) in DETECTORS:
+        notes += ignored_flags(args, flag_defaults(args.meta_arch))
     if getattr(args, "remove_difficult", False):
         notes.append("--remove_difficult has no effect: the public code accepts the flag (meant for PASCAL "
                      "VOC) without using it, and so does this one")

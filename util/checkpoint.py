@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from util.args import is_url
+from util.args import DEFAULT_META_ARCH, flag_defaults, is_url, switch_detector
 from util.errors import CheckpointError
 from util.hf.folder import is_hf_folder
 
@@ -351,32 +351,56 @@ def load_model_state(model: nn.Module, state_dict: dict, name: str = "checkpoint
 # Flags that decide which tensors a model has or how its forward uses them. A checkpoint trained with
 # other values does not give its published results, even where its tensors happen to load.
 STRUCTURAL_FLAGS = (
-    "backbone", "dilation", "position_embedding", "position_embedding_scale", "num_feature_levels",
-    "hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "enc_n_points", "dec_n_points",
-    "num_queries", "with_box_refine", "two_stage", "masks", "bf", "share_bf", "insert_idx", "bt_num_layers",
+    "meta_arch", "backbone", "dilation", "position_embedding", "position_embedding_scale",
+    "num_feature_levels", "hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward",
+    "enc_n_points", "dec_n_points", "num_queries", "with_box_refine", "two_stage", "masks", "pre_norm", "bf",
+    "share_bf", "insert_idx", "start_idx", "bt_num_layers",
 )
 # Only meaningful with a BatchFormer (--bf other than 0).
-_BATCHFORMER_LAYOUT = ("share_bf", "insert_idx", "bt_num_layers")
+_BATCHFORMER_LAYOUT = ("share_bf", "insert_idx", "start_idx", "bt_num_layers")
 
 
-@functools.lru_cache(maxsize=1)
-def _flag_defaults() -> dict:
-    from util.args import get_args_parser
-
-    return vars(get_args_parser().parse_args([]))
+@functools.cache
+def _flag_defaults(meta_arch: str = DEFAULT_META_ARCH) -> dict:
+    return flag_defaults(meta_arch)
 
 
-def recorded_value(saved_args, flag: str):
-    """``flag`` as the checkpoint's args record it, plain Python; the default where it predates the flag.
+def _get(saved_args, flag: str, default=None):
+    if isinstance(saved_args, dict):
+        return saved_args.get(flag, default)
+    return getattr(saved_args, flag, default)
+
+
+def recorded_meta_arch(saved_args, state_dict=None) -> tuple[str, str | None]:
+    """The detector a checkpoint holds, and a notice when its keys rather than its args said so.
+
+    Its recorded ``--meta_arch``; else (no args, or args older than the flag: the public repositories'
+    own) the detector whose published keys ``state_dict`` has (``models.detectors.recognise``); else
+    Deformable DETR, which every checkpoint of this code base was before the flag existed.
+    """
+    recorded = _get(saved_args, "meta_arch") if isinstance(saved_args, (argparse.Namespace, dict)) else None
+    if recorded is not None:
+        return _plain(recorded), None
+    from models.detectors import recognise
+
+    found = recognise(state_dict) if isinstance(state_dict, dict) else None
+    if found is None:
+        return DEFAULT_META_ARCH, None
+    return found, f"records no --meta_arch; its keys are those of --meta_arch {found}"
+
+
+def recorded_value(saved_args, flag: str, meta_arch: str | None = None):
+    """``flag`` as the checkpoint's args record it, plain Python; where they predate the flag, its default
+    for the checkpoint's detector (``meta_arch``; read from the args when None).
 
     Published Deformable DETR checkpoints record no BatchFormer flags: they were trained without one,
     which is what the defaults say.
     """
-    if isinstance(saved_args, dict):
-        value = saved_args.get(flag, _flag_defaults().get(flag))
-    else:
-        value = getattr(saved_args, flag, _flag_defaults().get(flag))
-    return _plain(value)
+    if meta_arch is None:
+        meta_arch = _plain(_get(saved_args, "meta_arch", DEFAULT_META_ARCH))
+    if flag == "meta_arch":
+        return meta_arch
+    return _plain(_get(saved_args, flag, _flag_defaults(meta_arch).get(flag)))
 
 
 def _plain(value):
@@ -387,11 +411,23 @@ def _plain(value):
     return value
 
 
-def _normalised(flag: str, value, bf: int):
-    if flag == "insert_idx":
-        # The model inserts after encoder layer 0 when --bf is on and no index is given, and sorts.
-        return sorted({int(i) for i in value}) if value else ([0] if bf else None)
+def _normalised(flag: str, value):
+    if flag == "insert_idx":  # as the model reads them: sorted, once each
+        return sorted({int(i) for i in value}) if value else None
     return value
+
+
+def _batchformer_positions(values: dict) -> list[int] | None:
+    """The encoder layers the BatchFormer of these flags runs after (each detector reads --bf,
+    --insert_idx and --start_idx its own way), None without one; the flags themselves if they do not
+    resolve."""
+    from models.detectors import batchformer_of
+
+    try:
+        config, _ = batchformer_of(argparse.Namespace(**values))
+    except (ValueError, KeyError, AttributeError, TypeError):
+        return _normalised("insert_idx", values.get("insert_idx"))
+    return None if config is None else list(config.positions)
 
 
 def _same(a, b) -> bool:
@@ -401,21 +437,33 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def architecture_differences(saved_args, args, skip=()) -> list[tuple[str, object, object]]:
-    """(flag, checkpoint value, this run's value) for each structural flag on which they differ.
+def architecture_differences(saved_args, args, skip=(),
+                             meta_arch: str | None = None) -> list[tuple[str, object, object]]:
+    """(flag, checkpoint value, this run's value) for each structural flag on which they differ;
+    ``meta_arch``: the checkpoint's detector (``recorded_meta_arch``; from the args when None).
 
-    Empty when the checkpoint records no args, or args of an unknown kind (then only its keys can be
-    checked).
+    The BatchFormer's layout is compared where it runs (``insert_idx``: the resolved encoder layers).
+    Without recorded args only the detector is compared (then the keys are checked).
     """
+    run_meta = _plain(getattr(args, "meta_arch", DEFAULT_META_ARCH))
     if not isinstance(saved_args, (argparse.Namespace, dict)):
-        return []
-    saved_bf, run_bf = recorded_value(saved_args, "bf"), _plain(getattr(args, "bf", 0))
+        if meta_arch is None or "meta_arch" in skip or meta_arch == run_meta:
+            return []
+        return [("meta_arch", meta_arch, run_meta)]
+    if meta_arch is None:
+        meta_arch = recorded_value(saved_args, "meta_arch")
+    saved_values = {flag: recorded_value(saved_args, flag, meta_arch) for flag in _flag_defaults(meta_arch)}
+    run_values = {**_flag_defaults(run_meta), **{k: _plain(v) for k, v in vars(args).items()}}
+    saved_bf, run_bf = saved_values["bf"], run_values["bf"]
     differences = []
     for flag in STRUCTURAL_FLAGS:
-        if flag in skip or (flag in _BATCHFORMER_LAYOUT and not saved_bf and not run_bf):
+        # start_idx counts through where the BatchFormer runs (insert_idx)
+        if flag in skip or flag == "start_idx" or (flag in _BATCHFORMER_LAYOUT and not (saved_bf or run_bf)):
             continue
-        saved = _normalised(flag, recorded_value(saved_args, flag), saved_bf)
-        run = _normalised(flag, _plain(getattr(args, flag, _flag_defaults().get(flag))), run_bf)
+        if flag == "insert_idx":
+            saved, run = _batchformer_positions(saved_values), _batchformer_positions(run_values)
+        else:
+            saved, run = saved_values[flag], run_values[flag]
         if not _same(saved, run):
             differences.append((flag, saved, run))
     return differences
@@ -457,10 +505,6 @@ def _differences_message(name: str, differences: list[tuple[str, object, object]
     return f"{name} was trained with another architecture than these flags build: {listed}; {advice}"
 
 
-def _is_batchformer_key(key: str) -> bool:
-    return "bf" in key.split(".")
-
-
 # The BatchFormer's flags: at inference without --eval_bf the layer is skipped, and they change nothing.
 _BATCHFORMER_FLAGS = ("bf", *_BATCHFORMER_LAYOUT)
 
@@ -487,18 +531,23 @@ def load_weights(model: nn.Module, checkpoint: dict, args: argparse.Namespace, n
     BatchFormer config's flags. ``new_batchformer``: a ``--bf`` run may start from a checkpoint trained
     without one, its BatchFormer then staying at its initial values (training from it).
     """
+    from models.batchformer import is_batchformer_parameter
+
     allow_partial = bool(getattr(args, "allow_partial_load", False))
     saved_args = checkpoint.get("args")
     skip = (*skip_flags, *getattr(args, "arch_overrides", ()))
-    bf_differences = [d for d in architecture_differences(saved_args, args, skip=skip)
+    meta_arch, notice = recorded_meta_arch(saved_args, checkpoint.get("model"))
+    if notice:
+        print(f"{name} {notice}", flush=True)
+    bf_differences = [d for d in architecture_differences(saved_args, args, skip=skip, meta_arch=meta_arch)
                       if d[0] in _BATCHFORMER_FLAGS]
     if bf_differences and not _batchformer_runs(args) and getattr(args, "eval", False):
         skip += _BATCHFORMER_FLAGS
         print(f"{name}: {_listed(bf_differences)}: the BatchFormer is skipped at inference (no --eval_bf), "
               "so these flags do not change the evaluation", flush=True)
-    elif bf_differences and new_batchformer and not recorded_value(saved_args, "bf"):
+    elif bf_differences and new_batchformer and not recorded_value(saved_args, "bf", meta_arch):
         skip += _BATCHFORMER_FLAGS
-    differences = architecture_differences(saved_args, args, skip=skip)
+    differences = architecture_differences(saved_args, args, skip=skip, meta_arch=meta_arch)
     if differences:
         message = _differences_message(name, differences)
         if not allow_partial:
@@ -507,7 +556,7 @@ def load_weights(model: nn.Module, checkpoint: dict, args: argparse.Namespace, n
         print(f"warning: {message}; loading what fits (--allow_partial_load)", flush=True)
     report = load_model_state(model, checkpoint["model"], name=name, allow_shape_mismatch=allow_partial)
     if complete and not allow_partial:
-        needed = [k for k in report.missing if _batchformer_runs(args) or not _is_batchformer_key(k)]
+        needed = [k for k in report.missing if _batchformer_runs(args) or not is_batchformer_parameter(k)]
         if needed:
             raise CheckpointError(
                 f"{name} lacks {len(needed)} weight tensors this model needs ({_listing(needed, 5)}): "
@@ -522,7 +571,7 @@ def load_weights(model: nn.Module, checkpoint: dict, args: argparse.Namespace, n
 EVALUATION_FLAGS = (
     "eval_bf", "bf_scope", "panoptic_threshold", "aux_loss", "set_cost_class", "set_cost_bbox",
     "set_cost_giou", "cls_loss_coef", "bbox_loss_coef", "giou_loss_coef", "mask_loss_coef", "dice_loss_coef",
-    "focal_alpha",
+    "focal_alpha", "eos_coef",
 )
 # What the checkpoint's run knew of its data: the data set, the classifier's width and the class names
 # (set by main.py from the data; class_names is no flag, only recorded).
@@ -547,23 +596,31 @@ def evaluation_notice(name: str, saved_args, args: argparse.Namespace) -> str | 
             "(detections or test loss); test.py takes these flags from the checkpoint")
 
 
-def adopt_recorded_flags(args: argparse.Namespace, saved_args, given: set[str], name: str) -> list[str]:
+def adopt_recorded_flags(args: argparse.Namespace, saved_args, given: set[str], name: str,
+                         state_dict: dict | None = None) -> list[str]:
     """Give ``args`` the RECORDED_FLAGS values the checkpoint records, except those in ``given``;
     returns notices.
 
-    ``given``: the flags the user typed, which win. Structural ones that then differ from the
-    checkpoint are listed in ``args.arch_overrides`` so that ``load_weights`` takes them as meant
-    (the tensors must still fit).
+    ``given``: the flags the user typed, which win. The detector comes first: the recorded
+    ``--meta_arch``, else the one ``state_dict``'s keys say (``recorded_meta_arch``), and every flag
+    neither typed nor recorded takes that detector's default. Structural flags typed here that differ
+    from the checkpoint are listed in ``args.arch_overrides`` so that ``load_weights`` takes them as
+    meant (the tensors must still fit).
     """
     args.arch_overrides = []
+    meta_arch, recognised = recorded_meta_arch(saved_args, state_dict)
+    notices = [f"{name} {recognised}"] if recognised else []
+    if "meta_arch" not in given:
+        switch_detector(args, meta_arch, keep=given)
     if not isinstance(saved_args, (argparse.Namespace, dict)):
-        return [f"{name} records no args: the model is built from the command line's flags"]
-    adopted, overridden, notices = [], [], []
+        built = f"--meta_arch {args.meta_arch} and" if recognised else "the"
+        return [*notices, f"{name} records no args: the model is built from {built} command line's flags"]
+    adopted, overridden = [], []
     for flag in RECORDED_FLAGS:
-        recorded = recorded_value(saved_args, flag)
+        recorded = recorded_value(saved_args, flag, meta_arch)
         if flag in given:
             ours = _plain(getattr(args, flag))
-            if not _same(_normalised(flag, ours, 1), _normalised(flag, recorded, 1)):
+            if not _same(_normalised(flag, ours), _normalised(flag, recorded)):
                 overridden.append(flag)
                 theirs = f"{flag}={recorded}" if isinstance(recorded, bool) else recorded
                 notices.append(f"{_shown(flag, ours)} from the command line overrides the checkpoint's "
@@ -572,7 +629,7 @@ def adopt_recorded_flags(args: argparse.Namespace, saved_args, given: set[str], 
         setattr(args, flag, recorded)
         if flag not in _flag_defaults():  # recorded only (class_names): no command line to show
             adopted += [f"({len(recorded)} {flag.replace('_', ' ')})"] if recorded else []
-        elif not _same(recorded, _flag_defaults().get(flag)):
+        elif not _same(recorded, _flag_defaults(meta_arch).get(flag)):
             adopted += as_command_line(flag, recorded)
     args.arch_overrides = [flag for flag in overridden if flag in STRUCTURAL_FLAGS]
     shown = " ".join(adopted) if adopted else "none"

@@ -103,7 +103,8 @@ def detector_from_checkpoint(checkpoint: str, device: str | torch.device = "cpu"
     # Inference with every weight from the checkpoint: no ImageNet backbone, no frozen detector.
     resolved.resume, resolved.eval, resolved.no_pretrained_backbone, resolved.frozen_weights = (
         checkpoint, True, True, None)
-    for notice in adopt_recorded_flags(resolved, saved.get("args"), set(typed), checkpoint):
+    for notice in adopt_recorded_flags(resolved, saved.get("args"), set(typed), checkpoint,
+                                       state_dict=saved["model"]):
         print(notice, flush=True)
     _raise_problem(resolved, check)
     model, criterion, postprocessors = _build(resolved)

@@ -1,5 +1,6 @@
 """BatchFormerV2 across the batch: the two streams and the flags' fixes (docs/design/two_streams.md)."""
 
+import argparse
 import dataclasses
 
 import pytest
@@ -15,8 +16,8 @@ from models.batchformer import (
     attend_across_batch,
     batchformer_step,
     build_batchformer,
-    resolve_insert_indices,
 )
+from models.detectors import batchformer_of
 from tests.tiny_model import tiny_flags
 from util.args import get_args_parser
 from util.misc import nested_tensor_from_tensor_list
@@ -52,21 +53,46 @@ def _samples():
     )
 
 
-def test_insert_indices_default_sorted_and_validated(capsys):
-    assert resolve_insert_indices(0, [3], 6) == []
-    assert resolve_insert_indices(1, None, 6) == [0]
-    assert "--insert_idx 0" in capsys.readouterr().out
-    assert resolve_insert_indices(1, [4, 0, 4, 2], 6) == [0, 2, 4]
-    with pytest.raises(ValueError, match="--bf"):
-        resolve_insert_indices(2, [0], 6)
-    with pytest.raises(ValueError, match="--insert_idx"):
-        resolve_insert_indices(1, [6], 6)
-    with pytest.raises(ValueError, match="--insert_idx"):
-        resolve_insert_indices(1, [-1], 6)
-    with pytest.raises(ValueError, match="--share_bf"):
-        resolve_insert_indices(1, [0], 6, share_bf=2)
-    with pytest.raises(ValueError, match="--bt_num_layers"):
-        resolve_insert_indices(1, [0], 6, bt_num_layers=0)
+def _resolved(*flags, meta_arch="deformable_detr"):
+    from util.args import flag_defaults
+
+    return batchformer_of(argparse.Namespace(**{**flag_defaults(meta_arch), "enc_layers": 6,
+                                               **dict(zip(flags[::2], flags[1::2]))}))
+
+
+def test_insert_indices_default_sorted_and_validated():
+    assert _resolved("bf", 0, "insert_idx", [3]) == (None, None)
+    config, notice = _resolved("bf", 1)
+    assert config.positions == (0,) and config.two_stream and "--insert_idx 0" in notice
+    assert _resolved("bf", 1, "insert_idx", [4, 0, 4, 2])[0].positions == (0, 2, 4)
+    assert not _resolved("bf", 7, "insert_idx", [1])[0].two_stream
+    bad = [(("bf", 2, "insert_idx", [0]), "--bf"), (("bf", 1, "insert_idx", [6]), "--insert_idx"),
+           (("bf", 1, "insert_idx", [-1]), "--insert_idx"), (("bf", 1, "share_bf", 2), "--share_bf"),
+           (("bf", 1, "bt_num_layers", 0), "--bt_num_layers")]
+    for flags, flag in bad:
+        with pytest.raises(ValueError, match=flag):
+            _resolved(*flags)
+
+
+@pytest.mark.parametrize("meta_arch", ["detr", "conditional_detr"])
+def test_detr_family_modes(meta_arch):
+    """--bf 3 after each --insert_idx layer, else every layer from --start_idx; --bf 1 after the whole
+    encoder; --bf 2 after layer 4 (the public BatchFormer DETR code); all two-stream."""
+    def positions(*flags):
+        config, notice = _resolved(*flags, meta_arch=meta_arch)
+        assert config.two_stream and notice is None
+        return config.positions
+
+    assert positions("bf", 3) == (0, 1, 2, 3, 4, 5)
+    assert positions("bf", 3, "start_idx", 4) == (4, 5)
+    assert positions("bf", 3, "insert_idx", [0]) == (0,)
+    assert positions("bf", 1) == (5,) and positions("bf", 2) == (4,)
+    bad = [(("bf", 7), "--bf must be 0 .*3 two streams"), (("bf", 3, "start_idx", 6), "--start_idx"),
+           (("bf", 1, "insert_idx", [0]), "--insert_idx does not apply to --bf 1"),
+           (("bf", 2, "enc_layers", 4), "--enc_layers above 4")]
+    for flags, match in bad:
+        with pytest.raises(ValueError, match=match):
+            _resolved(*flags, meta_arch=meta_arch)
 
 
 def test_layer_configuration():

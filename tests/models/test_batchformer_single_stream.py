@@ -71,4 +71,6 @@ def test_bf_7_is_accepted_and_other_values_are_not():
     args = get_args_parser().parse_args([*SMALL, "--bf", "7"])
     assert args_problem(args) is None
     args.bf = 2
-    assert args_problem(args).startswith("--bf must be 0 (off), 1 (two-stream BatchFormerV2) or 7")
+    problem = args_problem(args)
+    assert problem.startswith("--bf must be 0 (off) or a mode of --meta_arch deformable_detr (1 two streams")
+    assert "; 7 single stream" in problem and problem.endswith("got 2")

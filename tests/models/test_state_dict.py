@@ -1,4 +1,4 @@
-"""State dicts of the eight published flag sets: keys, order, shapes and shared tensors.
+"""State dicts of the published flag sets: keys, order, shapes and shared tensors.
 
 The reference layouts in tests/data/state_dict are those of the public checkpoints (see
 docs/design/checkpoints.md): `<config>.json` lists `[name, shape]` in state-dict order, `aliases.json` the
@@ -11,7 +11,7 @@ import os
 import pytest
 
 from models import build_model
-from util.args import get_args_parser
+from util.args import get_args_parser, parse_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,7 +36,8 @@ def aliases():
 
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_keys_order_shapes_and_sharing(config, aliases):
-    model = build_model(get_args_parser().parse_args(["--no_pretrained_backbone", *CONFIGS[config]]))[0]
+    # parse_args: the detector's own defaults (--meta_arch) under the flags, as main.py parses them
+    model = build_model(parse_args(get_args_parser(), ["--no_pretrained_backbone", *CONFIGS[config]]))[0]
     sd = model.state_dict()
     with open(os.path.join(REF_DIR, f"{config}.json")) as f:
         reference = [(name, list(shape)) for name, shape in json.load(f)]
