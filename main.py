@@ -31,6 +31,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 import util.dist as dist_utils
 from datasets import DatasetError, data_error_message
 from engine import EPOCH_COUNTS, NonFiniteLossError, evaluate, train_one_epoch
+from models.param_groups import match_name_keywords, param_groups_from_args  # noqa: F401 (public main.py name)
 from util.args import FlagError, get_args_parser, parse_args, validate_args
 from util.checkpoint import (
     CheckpointError,
@@ -56,37 +57,10 @@ from util.run_state import (
 from util.tensorboard_writer import open_tensorboard
 
 
-def match_name_keywords(name: str, keywords: list[str]) -> bool:
-    return any(k in name for k in keywords)
-
-
 def build_param_groups(model: torch.nn.Module, args) -> list[dict]:
-    """The three groups of the published recipe; parameters that do not require grad are left out.
-
-    backbone.0 (the CNN) at lr_backbone; the sampling-offset and reference-point projections at
-    lr * lr_linear_proj_mult; everything else at lr. A fourth group takes the BatchFormer's parameters
-    at lr * bf_lr and bf_weight_decay only when these flags differ from the rest's values: with the
-    defaults the groups stay the published three, so saved optimizer states keep fitting.
-    """
-    from models.batchformer import is_batchformer_parameter
-
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    separate_bf = args.bf_lr != 1.0 or args.bf_weight_decay not in (None, args.weight_decay)
-    bf = [p for n, p in named if separate_bf and is_batchformer_parameter(n)]
-    if bf:
-        named = [(n, p) for n, p in named if not is_batchformer_parameter(n)]
-    backbone = [p for n, p in named if match_name_keywords(n, args.lr_backbone_names)]
-    linear_proj = [p for n, p in named if not match_name_keywords(n, args.lr_backbone_names)
-                   and match_name_keywords(n, args.lr_linear_proj_names)]
-    rest = [p for n, p in named if not match_name_keywords(n, args.lr_backbone_names)
-            and not match_name_keywords(n, args.lr_linear_proj_names)]
-    return [
-        {"params": rest, "lr": args.lr},
-        {"params": backbone, "lr": args.lr_backbone},
-        {"params": linear_proj, "lr": args.lr * args.lr_linear_proj_mult},
-    ] + ([{"params": bf, "lr": args.lr * args.bf_lr,
-           "weight_decay": args.weight_decay if args.bf_weight_decay is None else args.bf_weight_decay}]
-         if bf else [])
+    """The optimizer groups of the detector's recipe (``models.param_groups.param_groups_from_args``);
+    parameters that do not require grad are left out."""
+    return param_groups_from_args(model, args)
 
 
 def build_optimizer(model: torch.nn.Module, args) -> tuple[torch.optim.Optimizer, object]:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.activation_checkpoint import maybe_checkpointed
+from models.param_groups import is_batchformer_parameter, param_groups  # noqa: F401 (the name rule, public here)
 from util.dist import all_gather_rows, get_world_size, max_over_ranks
 from util.misc import NestedTensor
 
@@ -330,13 +331,6 @@ def _positions(args, mode: BatchFormerMode) -> tuple[tuple[int, ...], str | None
                   "(--insert_idx 0)")
 
 
-def is_batchformer_parameter(name: str) -> bool:
-    """Whether a parameter (or state-dict key) belongs to a BatchFormer: a path component named ``bf``
-    (``transformer.bf.*``, ``transformer.encoder.bf.N.*``; ``bf.*`` and ``bf.layers.N.*`` in the plug-in).
-    """
-    return "bf" in name.split(".")
-
-
 def batchformer_param_groups(
     model: nn.Module,
     lr: float,
@@ -345,16 +339,10 @@ def batchformer_param_groups(
     bf_weight_decay: float | None = None,
 ) -> list[dict]:
     """Two optimizer groups: every other trainable parameter at (lr, weight_decay), then the
-    BatchFormer's at (lr * bf_lr_mult, bf_weight_decay or weight_decay).
+    BatchFormer's at (lr * bf_lr_mult, bf_weight_decay or weight_decay) (``models.param_groups``).
 
     A separate group lets the BatchFormer, which only ever sees training batches, be tuned or frozen
     apart from the network it regularises. A shared layer registered twice is listed once.
     """
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    rest = [p for n, p in named if not is_batchformer_parameter(n)]
-    bf = [p for n, p in named if is_batchformer_parameter(n)]
-    return [
-        {"params": rest, "lr": lr, "weight_decay": weight_decay},
-        {"params": bf, "lr": lr * bf_lr_mult,
-         "weight_decay": weight_decay if bf_weight_decay is None else bf_weight_decay},
-    ]
+    return param_groups(model, lr, weight_decay=weight_decay, bf_lr_mult=bf_lr_mult,
+                        bf_weight_decay=weight_decay if bf_weight_decay is None else bf_weight_decay)

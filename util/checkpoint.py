@@ -531,7 +531,7 @@ def load_weights(model: nn.Module, checkpoint: dict, args: argparse.Namespace, n
     BatchFormer config's flags. ``new_batchformer``: a ``--bf`` run may start from a checkpoint trained
     without one, its BatchFormer then staying at its initial values (training from it).
     """
-    from models.batchformer import is_batchformer_parameter
+    from models.param_groups import is_batchformer_parameter
 
     allow_partial = bool(getattr(args, "allow_partial_load", False))
     saved_args = checkpoint.get("args")

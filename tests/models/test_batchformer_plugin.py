@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.batchformer import batchformer_param_groups, build_batchformer, is_batchformer_parameter
+from models.batchformer import batchformer_param_groups, build_batchformer
 from models.batchformer_plugin import BatchFormerClassifier, batchformer
 from models.batchformer_vit import TinyViT
+from models.param_groups import is_batchformer_parameter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
