@@ -19,7 +19,7 @@ from models.criterion import SetCriterion
 from models.detectors import architecture_problem, batchformer_of, detector
 from models.matcher import build_matcher
 from models.postprocess import PostProcess
-from models.segmentation import DeformableDETRsegm, PostProcessPanoptic, PostProcessSegm
+from models.segmentation import DETRsegm, PostProcessPanoptic, PostProcessSegm
 from util.args import flag_defaults
 from util.metadata import DatasetMetadata
 
@@ -46,11 +46,14 @@ def build(args: argparse.Namespace, metadata: DatasetMetadata) -> BuiltDetector:
         print(notice)
     entry = detector(args.meta_arch)
     classification = entry.classification.from_args(args)
-    model: nn.Module = entry.load(args.meta_arch).build(
-        args, num_classes=metadata.num_classes, classification=classification, batchformer=batchformer)
+    module = entry.load(args.meta_arch)
+    model: nn.Module = module.build(args, num_classes=metadata.num_classes, classification=classification,
+                                    batchformer=batchformer)
     postprocessors: dict[str, nn.Module] = {"bbox": PostProcess(classification=classification)}
     if args.masks:
-        model = DeformableDETRsegm(model, freeze_detr=args.frozen_weights is not None)
+        if not hasattr(module, "build_mask_head"):
+            raise ValueError(f"--masks: --meta_arch {args.meta_arch} has no mask head")
+        model = DETRsegm(model, *module.build_mask_head(model), freeze_detr=args.frozen_weights is not None)
         postprocessors["segm"] = PostProcessSegm(classification=classification)
         if metadata.is_thing_map is not None:
             postprocessors["panoptic"] = PostProcessPanoptic(dict(metadata.is_thing_map),

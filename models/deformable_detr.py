@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.backbone import build_backbone
+from models.backbone import STRIDE4, build_backbone
 from models.batchformer import BatchFormerConfig, pad_to_common_size
 from models.classification import Classification, SigmoidFocal
 from models.criterion import SetCriterion
 from models.deformable_transformer import TransformerOutput, build_deformable_transformer
 from models.heads import MLP, aux_outputs, box_from_reference
 from models.postprocess import PostProcess
+from models.segmentation import MaskFeatures, MaskHeadFPN, MHAttentionMap
 from util.misc import NestedTensor, nested_tensor_from_tensor_list
 
 __all__ = [
@@ -174,6 +175,16 @@ class DeformableDETR(nn.Module):
         out = self._predict(t_out)
         return out, DetectorState(features, extra_features, srcs, masks, t_out)
 
+    def mask_features(self, state: DetectorState) -> MaskFeatures:
+        """What the mask head reads (``models.segmentation``): the queries over the stride-8 level of the
+        memory, the backbone's stride-8 and stride-4 maps."""
+        t = state.transformer
+        h8, w8 = state.srcs[0].shape[-2:]  # level 0's size, read from its shape: no device read
+        # (B', S, C) -> level 0 as a map (B', C, H8, W8)
+        memory8 = t.memory[:, : h8 * w8].transpose(1, 2).reshape(t.memory.shape[0], -1, h8, w8)
+        fpn = {8: state.features[0].tensors, 4: state.extra_features[STRIDE4].tensors}
+        return MaskFeatures(t.hs[-1], memory8, state.masks[0], fpn, t.num_streams)
+
     def _predict(self, t: TransformerOutput) -> dict:
         hs = t.hs  # (D, B', Q, C)
         if self.with_box_refine:
@@ -217,6 +228,20 @@ def build(args, *, num_classes: int, classification: Classification,
         two_stage=args.two_stage,
         classification=classification,
     )
+
+
+def build_mask_head(model: DeformableDETR) -> tuple[MHAttentionMap, MaskHeadFPN]:
+    """``--masks``: the attention of the queries over the stride-8 memory and ``MaskHeadFPN``."""
+    shapes = model.backbone.output_shape()
+    if shapes["0"].stride != 8:
+        raise ValueError("the mask head needs the multi-scale backbone (strides 8/16/32): "
+                         "--masks requires --num_feature_levels >= 3")
+    if STRIDE4 not in shapes or shapes[STRIDE4].stride != 4:
+        raise ValueError(f"the mask head needs the backbone's stride-4 map ({STRIDE4!r} in its "
+                         "output_shape()): build the backbone for --masks")
+    hidden_dim, nheads = model.transformer.d_model, model.transformer.nhead
+    return (MHAttentionMap(hidden_dim, hidden_dim, nheads, dropout=0.0),
+            MaskHeadFPN(hidden_dim, nheads, shapes["0"].channels, shapes[STRIDE4].channels))
 
 
 # Kept for util/hf_checkpoint.py, which imports it: the data set's classifier width.

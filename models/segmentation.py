@@ -1,45 +1,71 @@
-"""Mask head for the multi-scale Deformable DETR, and the segmentation / panoptic post-processors.
+"""Mask heads on DETR-like detectors, and the segmentation / panoptic post-processors.
 
-Design (docs/segmentation.md): the final decoder embeddings hs (B', Q, C) attend, head by head,
-over the stride-8 level of the encoder memory (``MHAttentionMap``); an FPN-style conv head turns
-each query's M attention maps, together with that memory level and the backbone's stride-8
-(layer2) and stride-4 (layer1) features, into mask logits ``pred_masks`` (B', Q, H/4, W/4).
-B' = num_streams * B (two streams in BatchFormerV2 training, as the detector's output says): both
-streams share the head, and the backbone features (computed once, for the B images) are repeated for
-the second stream. The stride-4 features come from the backbone's ``STRIDE4`` output, which the
-backbone returns when it is built for ``--masks``.
+Design (docs/segmentation.md): the final decoder embeddings (B', Q, C) attend, head by head, over a map
+of the encoder memory (``MHAttentionMap``); a mask head turns each query's M attention maps, with
+per-image maps (the memory, the detector's input projection, the backbone's finer features), into mask
+logits ``pred_masks`` (B', Q, H/4, W/4). ``DETRsegm`` wraps any detector that hands it these maps as a
+``MaskFeatures`` (``mask_features(state)``), whatever its memory's layout: Deformable DETR's stride-8
+level with ``MaskHeadFPN``; DETR's stride-32 memory with its published head (``build_mask_head`` of each
+detector module, ``models/detectors.py``).
+
+B' = num_streams * B (two streams in BatchFormerV2 training, as the detector's output says): both streams
+share the head; the per-image maps (computed once, for the B images, before the BatchFormer) are repeated
+for the second stream.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.backbone import STRIDE4
 from models.classification import Classification, SigmoidFocal
-from models.deformable_detr import DeformableDETR, DetectorState
 from util.misc import NestedTensor, nested_tensor_from_tensor_list
 from util.panoptic import png_bytes
 
-__all__ = ["DeformableDETRsegm", "MHAttentionMap", "MaskHeadFPN", "PostProcessPanoptic", "PostProcessSegm"]
+__all__ = ["DETRsegm", "MHAttentionMap", "MaskFeatures", "MaskHeadFPN", "PostProcessPanoptic",
+           "PostProcessSegm"]
+
+
+@dataclass
+class MaskFeatures:
+    """What a detector hands its mask head from one forward pass (``mask_features(state)``).
+
+    Per stream (B' = num_streams * B rows): ``queries`` (B', Q, C), the last decoder layer's embeddings,
+    and ``memory`` (B', C, H, W), the encoder memory they attend over. Per image (B rows, computed before
+    the BatchFormer; ``DETRsegm`` repeats them for the second stream): ``mask`` (B, H, W), True on the
+    memory map's padding; ``fpn``: stride -> (B, c_s, H_s, W_s), the backbone maps finer than the memory
+    that a head may fuse (Deformable DETR: 8 and 4; DETR: 16, 8, 4); ``projected`` (B, C, H, W), the
+    input projection at the memory's stride, for heads that read it (DETR's), else None.
+    """
+
+    queries: Tensor
+    memory: Tensor
+    mask: Tensor
+    fpn: dict[int, Tensor]
+    num_streams: int = 1
+    projected: Tensor | None = None
 
 
 class MHAttentionMap(nn.Module):
     """Multi-head attention weights (no values) of queries over a feature map.
 
     q (B, Q, C) and k (B, C, H, W) -> (B, Q, M, H, W); each head's weights are a softmax over the
-    H * W positions (padding excluded), so each head says where in the image its query looks.
+    H * W positions (padding excluded), so each head says where in the image its query looks. With
+    ``softmax_over_heads`` (DETR's published head) one softmax runs over the M * H * W weights of a query.
     """
 
-    def __init__(self, query_dim: int, hidden_dim: int, num_heads: int, dropout: float = 0.0):
+    def __init__(self, query_dim: int, hidden_dim: int, num_heads: int, dropout: float = 0.0,
+                 softmax_over_heads: bool = False):
         super().__init__()
         if hidden_dim % num_heads != 0:
             raise ValueError(f"MHAttentionMap: hidden_dim {hidden_dim} is not divisible by "
                              f"num_heads {num_heads}")
         self.num_heads = num_heads
+        self.softmax_dims = 2 if softmax_over_heads else 3  # weights.flatten(dims): what one softmax spans
         self.dropout = nn.Dropout(dropout)
         self.q_linear = nn.Linear(query_dim, hidden_dim)
         self.k_linear = nn.Linear(query_dim, hidden_dim)
@@ -67,7 +93,7 @@ class MHAttentionMap(nn.Module):
         weights = torch.einsum("bqmd,bmdhw->bqmhw", qh, kh)
         if mask is not None:
             weights = weights.masked_fill(mask[:, None, None], float("-inf"))
-        weights = weights.flatten(3).softmax(-1).view(weights.shape)
+        weights = weights.flatten(self.softmax_dims).softmax(-1).view(weights.shape)
         return self.dropout(weights)
 
 
@@ -77,7 +103,8 @@ def _conv_gn(c_in: int, c_out: int, kernel: int = 3, bias: bool = True) -> tuple
 
 
 class MaskHeadFPN(nn.Module):
-    """Per-query mask logits at stride 4 from attention maps, memory and backbone features.
+    """Deformable DETR's mask head: per-query mask logits at stride 4 from attention maps over the stride-8
+    memory level, that level and the backbone's stride-8 and stride-4 features.
 
     Stride 8: conv3x3 + GroupNorm over the memory (C), once per image, plus conv3x3 + GroupNorm
     over the query's M attention maps, per query, summed through a ReLU; no (B*Q, C, H/8, W/8) copy
@@ -107,19 +134,29 @@ class MaskHeadFPN(nn.Module):
                 if mod.bias is not None:
                     nn.init.zeros_(mod.bias)
 
-    def forward(self, memory8: Tensor, attn: Tensor, feat8: Tensor, feat4: Tensor) -> Tensor:
-        """memory8 (B, C, H8, W8); attn (B, Q, M, H8, W8); feat8 (B, c8, H8, W8); feat4 (B, c4, H4, W4).
+    fpn_strides = (8, 4)  # the backbone maps it fuses (MaskFeatures.fpn), in the order image_terms takes them
 
-        Returns mask logits (B, Q, H4, W4)."""
-        return self.query_masks(attn, *self.image_terms(memory8, feat8, feat4))
+    def forward(self, attn: Tensor, memory: Tensor, mask: Tensor, fpn: list[Tensor],
+                projected: Tensor | None = None) -> Tensor:
+        """attn (B, Q, M, H8, W8); memory (B, C, H8, W8); mask (B, H8, W8); fpn the stride-8 (B, c8, H8, W8)
+        and stride-4 (B, c4, H4, W4) maps. Returns mask logits (B, Q, H4, W4)."""
+        return self.query_masks(attn, *self.image_terms(memory, mask, fpn, projected))
 
-    def image_terms(self, memory8: Tensor, feat8: Tensor, feat4: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """What every query of an image shares: the normalised memory (B, dim8, H8, W8) and the adapted
-        layer2 (B, dim8, H8, W8) and layer1 (B, dim4, H4, W4) features."""
-        return self.gn_memory(self.memory_conv(memory8)), self.adapter8(feat8), self.adapter4(feat4)
+    def image_terms(self, memory: Tensor, mask: Tensor, fpn: list[Tensor],
+                    projected: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """What every query of an image shares: its unpadded positions (B,), the normalised memory
+        (B, dim8, H8, W8) and the adapted layer2 (B, dim8, H8, W8) and layer1 (B, dim4, H4, W4) features.
+        The input projection is not read."""
+        feat8, feat4 = fpn
+        valid = (~mask).flatten(1).sum(1)
+        return valid, self.gn_memory(self.memory_conv(memory)), self.adapter8(feat8), self.adapter4(feat4)
 
-    def query_masks(self, attn: Tensor, per_image: Tensor, adapted8: Tensor, adapted4: Tensor) -> Tensor:
+    def query_masks(self, attn: Tensor, valid: Tensor, per_image: Tensor, adapted8: Tensor,
+                    adapted4: Tensor) -> Tensor:
         """attn (B, Q, M, H8, W8) and ``image_terms`` -> mask logits (B, Q, H4, W4)."""
+        # in units of the uniform weight: 1 everywhere for a query that looks nowhere in particular,
+        # at any image size
+        attn = attn * valid.to(attn.dtype).view(-1, 1, 1, 1, 1)
         b, q, m, h8, w8 = attn.shape
         per_query = self.gn_attn(self.attn_conv(attn.reshape(b * q, m, h8, w8)))  # (B*Q, dim8, H8, W8)
         x = F.relu(per_query.view(b, q, -1, h8, w8) + per_image[:, None])
@@ -195,61 +232,59 @@ class _MatchedQueryMasks(torch.autograd.Function):
         return (None, None, None, *sums)
 
 
-class DeformableDETRsegm(nn.Module):
-    """Deformable DETR plus the mask head; ``model.detr`` is the detector (checkpoint keys ``detr.*``).
+class DETRsegm(nn.Module):
+    """A detector plus a mask head; ``model.detr`` is the detector (checkpoint keys ``detr.*``, then
+    ``bbox_attention.*`` and ``mask_head.*``, as published).
+
+    The detector provides ``forward_with_state(samples) -> (outputs, state)`` and ``mask_features(state)
+    -> MaskFeatures``; ``bbox_attention`` is the ``MHAttentionMap`` of the queries over its memory; the
+    mask head has ``fpn_strides`` (the ``MaskFeatures.fpn`` maps it reads, in its order),
+    ``image_terms(memory, mask, fpn, projected)`` (per-image tensors every query shares, image dimension
+    first) and ``query_masks(attn, *image_terms)`` (B, Q, H/4, W/4), and is deterministic (no dropout).
 
     ``freeze_detr`` (the ``--frozen_weights`` recipe): the detector's parameters get no gradient and
     only ``bbox_attention`` and ``mask_head`` train; otherwise everything trains jointly.
 
     Memory: the per-query maps of the head (about 38 MB of stored activations per query and image at
-    800x1333, docs/benchmarks.md) are computed ``mask_chunk_rows`` (image, query) rows at a time and
-    not stored; in training the backward pass recomputes only the queries the loss reads (the matched
-    ones). ``mask_chunk_rows`` 0 computes every query at once and stores everything (the plain
-    autograd graph: fastest where it fits).
+    800x1333 for Deformable DETR's, docs/benchmarks.md) are computed ``mask_chunk_rows`` (image, query)
+    rows at a time and not stored; in training the backward pass recomputes only the queries the loss
+    reads (the matched ones). ``mask_chunk_rows`` 0 computes every query at once and stores everything
+    (the plain autograd graph: fastest where it fits).
     """
 
     mask_chunk_rows = 64
 
-    def __init__(self, detr: DeformableDETR, freeze_detr: bool = False):
+    def __init__(self, detr: nn.Module, bbox_attention: MHAttentionMap, mask_head: nn.Module,
+                 freeze_detr: bool = False):
         super().__init__()
         self.detr = detr
         if freeze_detr:
             for p in self.detr.parameters():
                 p.requires_grad_(False)
-        shapes = detr.backbone.output_shape()
-        if shapes["0"].stride != 8:
-            raise ValueError("the mask head needs the multi-scale backbone (strides 8/16/32): "
-                             "--masks requires --num_feature_levels >= 3")
-        if STRIDE4 not in shapes or shapes[STRIDE4].stride != 4:
-            raise ValueError(f"the mask head needs the backbone's stride-4 map ({STRIDE4!r} in its "
-                             "output_shape()): build the backbone for --masks")
-        hidden_dim, nheads = detr.transformer.d_model, detr.transformer.nhead
-        self.bbox_attention = MHAttentionMap(hidden_dim, hidden_dim, nheads, dropout=0.0)
-        self.mask_head = MaskHeadFPN(hidden_dim, nheads, shapes["0"].channels, shapes[STRIDE4].channels)
+        self.bbox_attention = bbox_attention
+        self.mask_head = mask_head
 
     def forward(self, samples: NestedTensor | list[Tensor]) -> dict:
         """The detector's outputs plus ``pred_masks`` (B', Q, H/4, W/4) mask logits."""
         if not isinstance(samples, NestedTensor):
             samples = nested_tensor_from_tensor_list(list(samples))
         out, state = self.detr.forward_with_state(samples)
-        out["pred_masks"] = self.predict_masks(state, state.extra_features[STRIDE4].tensors)
+        out["pred_masks"] = self.predict_masks(self.detr.mask_features(state))
         return out
 
-    def predict_masks(self, state: DetectorState, feat4: Tensor) -> Tensor:
-        """feat4 (B, c4, H/4, W/4) the backbone's stride-4 map -> mask logits (B', Q, H/4, W/4)."""
-        t = state.transformer
-        hs = t.hs[-1]  # (B', Q, C)
-        b2 = hs.shape[0]
-        h8, w8 = state.srcs[0].shape[-2:]  # level 0's size, read from its shape: no device read
-        memory8 = t.memory[:, : h8 * w8].transpose(1, 2).reshape(b2, -1, h8, w8)  # level 0 = stride 8
-        mask8 = t.mask_flatten[:, : h8 * w8].view(b2, h8, w8)
-        feat8 = state.features[0].tensors
-        if t.num_streams > 1:  # stream 1 holds the same B images
-            feat8 = feat8.repeat(t.num_streams, 1, 1, 1)
-            feat4 = feat4.repeat(t.num_streams, 1, 1, 1)
-        qh = self.bbox_attention.project_queries(hs)  # (B', Q, M, D/M)
-        kh = self.bbox_attention.project_keys(memory8)  # (B', M, D/M, H8, W8)
-        inputs = (kh, mask8, (~mask8).flatten(1).sum(1), *self.mask_head.image_terms(memory8, feat8, feat4))
+    def predict_masks(self, features: MaskFeatures) -> Tensor:
+        """The detector's ``MaskFeatures`` -> mask logits (B', Q, H/4, W/4)."""
+        streams = features.num_streams
+
+        def every_stream(t: Tensor | None) -> Tensor | None:  # stream 1 holds the same B images
+            return t.repeat(streams, *([1] * (t.dim() - 1))) if t is not None and streams > 1 else t
+
+        mask = every_stream(features.mask)
+        fpn = [every_stream(features.fpn[stride]) for stride in self.mask_head.fpn_strides]
+        terms = self.mask_head.image_terms(features.memory, mask, fpn, every_stream(features.projected))
+        qh = self.bbox_attention.project_queries(features.queries)  # (B', Q, M, D/M)
+        kh = self.bbox_attention.project_keys(features.memory)  # (B', M, D/M, H, W)
+        inputs = (kh, mask, *terms)
         if self.mask_chunk_rows <= 0:
             return self._query_masks(qh, *inputs)
         params = [p for m in (self.bbox_attention, self.mask_head) for p in m.parameters() if p.requires_grad]
@@ -258,14 +293,10 @@ class DeformableDETRsegm(nn.Module):
                                             *params)
         return _in_query_chunks(self._query_masks, qh, inputs, self.mask_chunk_rows)
 
-    def _query_masks(self, qh: Tensor, kh: Tensor, mask8: Tensor, valid: Tensor, per_image: Tensor,
-                     adapted8: Tensor, adapted4: Tensor) -> Tensor:
-        """Mask logits (B, Q, H4, W4) of the queries qh (B, Q, M, D/M); valid (B,) unpadded positions."""
-        attn = self.bbox_attention.weights(qh, kh, mask=mask8)  # (B, Q, M, H8, W8)
-        # in units of the uniform weight: 1 everywhere for a query that looks nowhere in particular,
-        # at any image size
-        attn = attn * valid.to(attn.dtype).view(-1, 1, 1, 1, 1)
-        return self.mask_head.query_masks(attn, per_image, adapted8, adapted4)
+    def _query_masks(self, qh: Tensor, kh: Tensor, mask: Tensor, *terms: Tensor) -> Tensor:
+        """Mask logits (B, Q, H4, W4) of the queries qh (B, Q, M, D/M)."""
+        attn = self.bbox_attention.weights(qh, kh, mask=mask)  # (B, Q, M, H, W)
+        return self.mask_head.query_masks(attn, *terms)
 
 
 def _masks_at_size(mask_logits: Tensor, processed_size: tuple[int, int], size: tuple[int, int]) -> Tensor:

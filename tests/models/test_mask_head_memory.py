@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from models import build_model
-from models.backbone import STRIDE4
 from tests.models.test_segmentation import _targets
 from tests.tiny_model import tiny_flags
 from util.args import get_args_parser
@@ -26,19 +25,13 @@ def _build(*extra, queries=7):
     return build_model(args)
 
 
-def full_masks(model, state, feat4):
+def full_masks(model, features):
     """The head as it was computed before chunking: every query at once through the modules' forwards."""
-    t = state.transformer
-    hs = t.hs[-1]
-    b2 = hs.shape[0]
-    h8, w8 = state.srcs[0].shape[-2:]
-    memory8 = t.memory[:, : h8 * w8].transpose(1, 2).reshape(b2, -1, h8, w8)
-    mask8 = t.mask_flatten[:, : h8 * w8].view(b2, h8, w8)
-    feat8 = state.features[0].tensors.repeat(t.num_streams, 1, 1, 1)
-    feat4 = feat4.repeat(t.num_streams, 1, 1, 1)
-    attn = model.bbox_attention(hs, memory8, mask=mask8)
-    attn = attn * (~mask8).flatten(1).sum(1).to(attn.dtype).view(b2, 1, 1, 1, 1)
-    return model.mask_head(memory8, attn, feat8, feat4)
+    n = features.num_streams
+    mask8 = features.mask.repeat(n, 1, 1)
+    fpn = [features.fpn[stride].repeat(n, 1, 1, 1) for stride in (8, 4)]
+    attn = model.bbox_attention(features.queries, features.memory, mask=mask8)
+    return model.mask_head(attn, features.memory, mask8, fpn)
 
 
 def _images():
@@ -63,7 +56,7 @@ def test_losses_and_gradients_match_the_full_computation(monkeypatch, flags, chu
     reference, ref_criterion, _ = _build(*flags)
     reference.load_state_dict(model.state_dict())
     model.mask_chunk_rows = chunk_rows
-    monkeypatch.setattr(reference, "predict_masks", lambda state, feat4: full_masks(reference, state, feat4))
+    monkeypatch.setattr(reference, "predict_masks", lambda features: full_masks(reference, features))
     losses, grads = _step(model, criterion)
     ref_losses, ref_grads = _step(reference, ref_criterion)
     assert losses.keys() == ref_losses.keys() and "loss_mask" in losses
@@ -83,7 +76,7 @@ def test_gradients_exact_in_float64(monkeypatch):
     model.mask_chunk_rows = 3
     reference, _, _ = _build("--bf", "1")
     reference.double().load_state_dict(model.state_dict())
-    monkeypatch.setattr(reference, "predict_masks", lambda state, feat4: full_masks(reference, state, feat4))
+    monkeypatch.setattr(reference, "predict_masks", lambda features: full_masks(reference, features))
     grads = {}
     for m in (model, reference):
         m.train()
@@ -104,7 +97,7 @@ def test_eval_predictions_match_the_full_computation(flags):
     with torch.no_grad():
         out = model(_images())
         _, state = model.detr.forward_with_state(_nested())
-        ref = full_masks(model, state, state.extra_features[STRIDE4].tensors)
+        ref = full_masks(model, model.detr.mask_features(state))
     assert out["pred_masks"].shape == ref.shape == (2, 7, 16, 20)
     torch.testing.assert_close(out["pred_masks"], ref, rtol=1e-5, atol=1e-5)
     sizes = torch.tensor([[64, 80], [56, 72]])
@@ -149,8 +142,7 @@ def test_training_stores_no_per_query_maps(monkeypatch):
         for queries in (5, 25):
             model, _, _ = _build(queries=queries)
             if name == "full":
-                monkeypatch.setattr(model, "predict_masks",
-                                    lambda state, feat4, m=model: full_masks(m, state, feat4))
+                monkeypatch.setattr(model, "predict_masks", lambda features, m=model: full_masks(m, features))
             saved.append(_saved_bytes_of_the_head(model, monkeypatch))
         growth[name] = (saved[1] - saved[0]) / (2 * 20)  # per (image, query) row
     # docs/benchmarks.md's estimate of the full computation, per row: (2M + 5 dim8 + 2 dim4) stride-8

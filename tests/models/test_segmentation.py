@@ -62,6 +62,26 @@ def test_attention_map_matches_a_slow_reference():
     assert torch.all(out[1, :, :, :, 3:] == 0)
 
 
+def test_detrs_attention_map_is_one_softmax_over_heads_and_positions():
+    """DETR's published head normalises a query's weights over every head at once: compared with
+    transformers' DetrMHAttentionMap given the same projections (an independent implementation)."""
+    from transformers.models.detr.modeling_detr import DetrMHAttentionMap
+
+    torch.manual_seed(0)
+    ours = MHAttentionMap(16, 16, num_heads=4, softmax_over_heads=True)
+    theirs = DetrMHAttentionMap(16, 4)
+    theirs.q_proj.load_state_dict(ours.q_linear.state_dict())
+    theirs.k_proj.load_state_dict(ours.k_linear.state_dict())
+    q, k = torch.randn(2, 3, 16), torch.randn(2, 16, 4, 5)
+    mask = torch.zeros(2, 4, 5, dtype=torch.bool)
+    mask[1, 2:] = True  # padding below row 2 of image 1
+    additive = torch.where(mask[:, None, None], torch.finfo(k.dtype).min, 0.0)
+    got = ours(q, k, mask)
+    torch.testing.assert_close(got, theirs(q, k, attention_mask=additive), rtol=1e-5, atol=1e-7)
+    assert torch.allclose(got.flatten(2).sum(-1), torch.ones(2, 3))  # one distribution per query
+    assert torch.allclose(MHAttentionMap(16, 16, 4)(q, k, mask).flatten(3).sum(-1), torch.ones(2, 3, 4))
+
+
 def test_each_query_mask_depends_on_its_own_attention_maps_only():
     torch.manual_seed(0)
     head = MaskHeadFPN(hidden_dim=32, num_heads=2, c8=16, c4=8).double()
@@ -69,10 +89,11 @@ def test_each_query_mask_depends_on_its_own_attention_maps_only():
     attn = torch.rand(2, 3, 2, 6, 7, dtype=torch.float64)
     feat8 = torch.randn(2, 16, 6, 7, dtype=torch.float64)
     feat4 = torch.randn(2, 8, 11, 13, dtype=torch.float64)
-    out = head(memory, attn, feat8, feat4)
+    mask = torch.zeros(2, 6, 7, dtype=torch.bool)
+    out = head(attn, memory, mask, [feat8, feat4])
     assert out.shape == (2, 3, 11, 13)
     for q in range(3):
-        alone = head(memory, attn[:, q : q + 1], feat8, feat4)
+        alone = head(attn[:, q : q + 1], memory, mask, [feat8, feat4])
         assert torch.allclose(out[:, q : q + 1], alone, atol=1e-12)
 
 
