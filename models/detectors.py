@@ -86,7 +86,7 @@ _DEFORMABLE_ATTENTION = {
     "dec_n_points": "its decoder has no deformable attention",
     "lr_linear_proj_mult": "it has no sampling-offset or reference-point projections",
 }
-# DETR's public recipe; Conditional DETR's starts from it.
+# DETR's public recipe (docs/design/detectors.md); Conditional DETR's starts from it.
 _DETR_DEFAULTS = {
     "lr": 1e-4, "lr_backbone": 1e-5, "dim_feedforward": 2048, "num_feature_levels": 1,
     # Two parameter groups: everything named "backbone" at --lr_backbone, the rest at --lr.

@@ -77,7 +77,7 @@ def test_insert_indices_default_sorted_and_validated():
 @pytest.mark.parametrize("meta_arch", ["detr", "conditional_detr"])
 def test_detr_family_modes(meta_arch):
     """--bf 3 after each --insert_idx layer, else every layer from --start_idx; --bf 1 after the whole
-    encoder; --bf 2 after layer 4 (the public BatchFormer DETR code); all two-stream."""
+    encoder; --bf 2 after layer 4 (docs/design/detectors.md); all two-stream."""
     def positions(*flags):
         config, notice = _resolved(*flags, meta_arch=meta_arch)
         assert config.two_stream and notice is None
