@@ -318,8 +318,6 @@ class DeformableTransformer(nn.Module):
         use_checkpoint: bool = False,
     ) -> None:
         super().__init__()
-        if d_model % nhead != 0:
-            raise ValueError(f"--hidden_dim ({d_model}) must be divisible by --nheads ({nhead})")
         self.d_model = d_model
         self.nhead = nhead
         self.two_stage = two_stage
