@@ -37,6 +37,9 @@ from models.backbone_catalog import backbone_problem
 from models.batchformer import BatchFormerConfig, BatchFormerMode, resolve_batchformer
 from models.classification import Classification, SigmoidFocal, SoftmaxCrossEntropy
 
+_NOT_BUILT = ("--meta_arch {name}: the detector is registered (its flags, defaults and checkpoints are "
+              "recognised) but its model is not part of this version yet")
+
 
 @dataclass(frozen=True)
 class Detector:
@@ -59,8 +62,7 @@ class Detector:
     def load(self, name: str) -> ModuleType:
         """The module holding ``build`` (and ``build_mask_head``)."""
         if self.module is None:
-            raise ValueError(f"--meta_arch {name}: the detector is registered (its flags, defaults and "
-                             "checkpoints are recognised) but its model is not part of this version yet")
+            raise ValueError(_NOT_BUILT.format(name=name))
         return importlib.import_module(self.module)
 
 
@@ -169,7 +171,10 @@ def architecture_problem(args: argparse.Namespace, defaults: Mapping[str, object
         return f"--hidden_dim ({args.hidden_dim}) must be divisible by --nheads ({args.nheads})"
     if args.frozen_weights is not None and not args.masks:
         return "--frozen_weights trains only the mask head on a frozen detector: it needs --masks"
-    return entry.check(args) if entry.check is not None else None
+    problem = entry.check(args) if entry.check is not None else None
+    if problem is None and entry.module is None:
+        problem = _NOT_BUILT.format(name=args.meta_arch)
+    return problem
 
 
 def ignored_flags(args: argparse.Namespace, defaults: Mapping[str, object]) -> list[str]:
