@@ -371,17 +371,22 @@ def _get(saved_args, flag: str, default=None):
     return getattr(saved_args, flag, default)
 
 
-def recorded_meta_arch(saved_args, state_dict=None) -> tuple[str, str | None]:
+def recorded_meta_arch(saved_args, state_dict=None, name: str = "the checkpoint") -> tuple[str, str | None]:
     """The detector a checkpoint holds, and a notice when its keys rather than its args said so.
 
     Its recorded ``--meta_arch``; else (no args, or args older than the flag: the public repositories'
     own) the detector whose published keys ``state_dict`` has (``models.detectors.recognise``); else
-    Deformable DETR, which every checkpoint of this code base was before the flag existed.
+    Deformable DETR, which every checkpoint of this code base was before the flag existed. A recorded
+    detector this version does not have is a CheckpointError naming ``name``.
     """
+    from models.detectors import DETECTORS, recognise
+
     recorded = _get(saved_args, "meta_arch") if isinstance(saved_args, (argparse.Namespace, dict)) else None
     if recorded is not None:
+        if _plain(recorded) not in DETECTORS:
+            raise CheckpointError(f"{name} records --meta_arch {recorded}, which is no detector of this "
+                                  f"version ({', '.join(DETECTORS)})")
         return _plain(recorded), None
-    from models.detectors import recognise
 
     found = recognise(state_dict) if isinstance(state_dict, dict) else None
     if found is None:
@@ -536,7 +541,7 @@ def load_weights(model: nn.Module, checkpoint: dict, args: argparse.Namespace, n
     allow_partial = bool(getattr(args, "allow_partial_load", False))
     saved_args = checkpoint.get("args")
     skip = (*skip_flags, *getattr(args, "arch_overrides", ()))
-    meta_arch, notice = recorded_meta_arch(saved_args, checkpoint.get("model"))
+    meta_arch, notice = recorded_meta_arch(saved_args, checkpoint.get("model"), name)
     if notice:
         print(f"{name} {notice}", flush=True)
     bf_differences = [d for d in architecture_differences(saved_args, args, skip=skip, meta_arch=meta_arch)
@@ -608,7 +613,7 @@ def adopt_recorded_flags(args: argparse.Namespace, saved_args, given: set[str], 
     meant (the tensors must still fit).
     """
     args.arch_overrides = []
-    meta_arch, recognised = recorded_meta_arch(saved_args, state_dict)
+    meta_arch, recognised = recorded_meta_arch(saved_args, state_dict, name)
     notices = [f"{name} {recognised}"] if recognised else []
     if "meta_arch" not in given:
         switch_detector(args, meta_arch, keep=given)

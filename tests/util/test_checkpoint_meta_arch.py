@@ -36,6 +36,13 @@ DETR_ARGS = argparse.Namespace(
     nheads=8, num_queries=100, pre_norm=False, masks=False, eos_coef=0.1, dataset_file="coco")
 
 
+def test_a_detector_this_version_lacks_is_named():
+    saved = argparse.Namespace(meta_arch="dino")
+    expected = r"^new.pth records --meta_arch dino, which is no detector of this version \(deformable_detr, "
+    with pytest.raises(CheckpointError, match=expected):
+        adopt_recorded_flags(_parsed(), saved, set(), "new.pth")
+
+
 def test_this_code_records_its_detector():
     args = _parsed()
     assert args.meta_arch == "deformable_detr"
