@@ -33,6 +33,7 @@ from datasets import DatasetError, data_error_message
 from engine import EPOCH_COUNTS, NonFiniteLossError, evaluate, train_one_epoch
 from models.param_groups import match_name_keywords, param_groups_from_args  # noqa: F401 (public main.py name)
 from util.args import FlagError, get_args_parser, parse_args, validate_args
+from util.atomic import write_atomically
 from util.checkpoint import (
     CheckpointError,
     evaluation_notice,
@@ -305,10 +306,7 @@ def _unlogged_epoch(checkpoint: dict | None, args) -> tuple[int, dict] | None:
 
 def _write_text(path: str, text: str) -> None:
     """Replace ``path`` whole, so that a kill leaves the old or the new file, never half of one."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _write_json(path: str, obj) -> None:

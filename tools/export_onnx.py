@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models.ops.functions.export_mode import export_mode  # noqa: E402
 from util.args import get_args_parser  # noqa: E402
+from util.atomic import write_atomically  # noqa: E402
 from util.from_checkpoint import detector_from_checkpoint, typed_flags  # noqa: E402
 from util.misc import NestedTensor  # noqa: E402
 
@@ -127,16 +128,11 @@ def export(exported: ExportedDetector, output: str, inputs: dict[str, Tensor], o
             output_names=output_names, dynamic_shapes=dynamic_shapes(inputs), external_data=False,
             verbose=False,
         )
-    # Beside the output, so that the move is atomic; made by save, so it gets the umask's permissions.
-    folder, name = os.path.split(os.path.abspath(output))
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
-    try:
+    def save_checked(tmp: str) -> None:
         program.save(tmp, external_data=False)
         onnx.checker.check_model(tmp)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    write_atomically(output, save_checked)
     return next(e.version for e in program.model_proto.opset_import if e.domain in ("", "ai.onnx"))
 
 

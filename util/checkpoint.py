@@ -16,7 +16,6 @@ import math
 import os
 import pickle
 import re
-import tempfile
 import urllib.parse
 import zipfile
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from util.args import DEFAULT_META_ARCH, flag_defaults, is_url, switch_detector
+from util.atomic import write_atomically
 from util.errors import CheckpointError
 from util.hf.folder import is_hf_folder
 
@@ -96,44 +96,9 @@ def _safe_globals_allowed() -> Iterator[None]:
 
 
 def save_checkpoint(obj, path: str) -> None:
-    """Write ``obj`` with torch.save so that ``path`` is always either the old or the new file.
-
-    The bytes go to a temporary file in the same directory, are flushed to disk, and only then
-    replace ``path`` (os.replace is atomic on POSIX and Windows). A crash or kill during the write
-    leaves the previous checkpoint intact.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        # mkstemp creates the file private (0600); give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename itself durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Write ``obj`` with torch.save so that ``path`` is always either the old or the new file
+    (``util.atomic.write_atomically``): a crash or kill during the write leaves the previous checkpoint."""
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _check_checkpoint_file(path: str, shown: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from util.atomic import write_atomically
 from util.dist import (  # noqa: F401  (public names of the original module)
     all_gather,
     get_local_rank,
@@ -67,6 +68,13 @@ def nested_tensor_from_tensor_list(tensor_list: list[Tensor]) -> NestedTensor:
         pad_img[:, : img.shape[1], : img.shape[2]].copy_(img)
         m[: img.shape[1], : img.shape[2]] = False
     return NestedTensor(tensor, mask)
+
+
+def save_on_master(obj, path: str) -> None:
+    """``torch.save(obj, path)`` on the main process only (the original module's name), written as
+    ``util.checkpoint.save_checkpoint`` writes (``util.atomic``): a kill mid-write leaves the old file."""
+    if is_main_process():
+        write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def collate_fn(batch: list[tuple]) -> tuple:

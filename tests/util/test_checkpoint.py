@@ -43,7 +43,8 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
 
     def crash_mid_write(obj, f):
-        f.write(b"PK\x03\x04 half a zip file")
+        with open(f, "wb") as half:
+            half.write(b"PK\x03\x04 half a zip file")
         raise KeyboardInterrupt("killed during the write")
 
     monkeypatch.setattr(ckpt.torch, "save", crash_mid_write)
@@ -67,7 +68,6 @@ def test_process_killed_during_write_leaves_loadable_checkpoint(tmp_path):
         real_save = torch.save
         def save_then_die(obj, f):
             real_save(obj, f)
-            f.flush()
             os.kill(os.getpid(), signal.SIGKILL)
         ckpt.torch.save = save_then_die
         ckpt.save_checkpoint({{"epoch": 2, "w": torch.zeros(1000)}}, {str(path)!r})

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 
+from util.atomic import write_atomically
 from util.errors import CheckpointError
 
 CONFIG_FILE = "config.json"
@@ -83,32 +82,18 @@ def read_hf_folder(folder: str) -> tuple[dict, dict]:
     return config, _read_bin(bin_path)
 
 
-def _replace_atomically(path: str, write: Callable[[str], None]) -> None:
-    """``write(temporary path)`` beside ``path``, then rename: ``path`` is the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_hf_folder(folder: str, config: dict, tensors: dict) -> None:
     """``model.safetensors`` and ``config.json`` into ``folder`` (created), each file replaced atomically
     (an interrupted write leaves the previous file whole)."""
     from safetensors.torch import save_file
 
     os.makedirs(folder, exist_ok=True)
-    _replace_atomically(os.path.join(folder, SAFETENSORS_FILE),
-                        lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_atomically(os.path.join(folder, SAFETENSORS_FILE),
+                     lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
 
     def write_config(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, sort_keys=True)
             f.write("\n")
 
-    _replace_atomically(os.path.join(folder, CONFIG_FILE), write_config)
+    write_atomically(os.path.join(folder, CONFIG_FILE), write_config)
