@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset, Subset
 
+from datasets import transforms as T
 from datasets.errors import (  # noqa: F401 (the package's public names)
     DatasetError,
     DatasetFormatError,
@@ -48,16 +49,29 @@ def _coco_panoptic_metadata(args: argparse.Namespace) -> DatasetMetadata:
     return DatasetMetadata(250, is_thing)
 
 
+def _toy_metadata(args: argparse.Namespace) -> DatasetMetadata:
+    from datasets.toy import CLASSES
+
+    return DatasetMetadata(_OTHER_NUM_CLASSES, class_names={cid: name for cid, name, _ in CLASSES})
+
+
 def _toy_panoptic_metadata(args: argparse.Namespace) -> DatasetMetadata:
     from datasets.toy_panoptic import categories
 
-    return DatasetMetadata(_OTHER_NUM_CLASSES, {c["id"]: bool(c["isthing"]) for c in categories()})
+    return DatasetMetadata(_OTHER_NUM_CLASSES, {c["id"]: bool(c["isthing"]) for c in categories()},
+                           {c["id"]: c["name"] for c in categories()})
 
 
 def _coco_metadata(args: argparse.Namespace) -> DatasetMetadata:
     from datasets.coco_categories import coco_metadata
 
     return coco_metadata(args)
+
+
+def _toy_transforms(image_set: str) -> T.Compose:
+    from datasets.toy import make_transforms
+
+    return make_transforms(image_set)
 
 
 def _coco_classes_origin(args: argparse.Namespace, metadata: DatasetMetadata) -> tuple[str, str]:
@@ -73,13 +87,16 @@ class _DatasetEntry:
     # (why the classifier has its width, where the names come from) for the run's first lines; None: the
     # data set's fixed width and names
     classes_origin: Callable[[argparse.Namespace, DatasetMetadata], tuple[str, str]] | None = None
+    # image_set -> the transforms build() gives that split ((image, target) -> (image, target))
+    transforms: Callable[[str], T.Compose] = T.make_coco_transforms
 
 
 _DATASETS = {
     "coco": _DatasetEntry("datasets.coco", _coco_metadata, _coco_classes_origin),
     "coco_panoptic": _DatasetEntry("datasets.coco_panoptic", _coco_panoptic_metadata),
-    "toy": _DatasetEntry("datasets.toy", lambda args: DatasetMetadata(_OTHER_NUM_CLASSES)),
-    "toy_panoptic": _DatasetEntry("datasets.toy_panoptic", _toy_panoptic_metadata),
+    "toy": _DatasetEntry("datasets.toy", _toy_metadata, transforms=_toy_transforms),
+    "toy_panoptic": _DatasetEntry("datasets.toy_panoptic", _toy_panoptic_metadata,
+                                  transforms=_toy_transforms),
 }
 DATASET_FILES = tuple(_DATASETS)
 
@@ -122,6 +139,13 @@ def resolve_classes(args: argparse.Namespace) -> str:
              f"{len(names)} categories named in {source}: "
              + listing([f"{cid} {name}" for cid, name in sorted(names.items())]))
     return f"classes: {metadata.num_classes} classifier outputs ({why}); {named}"
+
+
+def make_transforms(image_set: str, args: argparse.Namespace) -> T.Compose:
+    """The transforms of ``args.dataset_file``'s ``image_set`` split; called with a None target, the 'val'
+    ones turn an image file's pixels into what the evaluation feeds the model (resized as the data set's
+    evaluation resizes, normalised): what prediction on image files applies."""
+    return _entry(args).transforms(image_set)
 
 
 def build_dataset(image_set: str, args: argparse.Namespace) -> Dataset:

@@ -77,14 +77,16 @@ class CocoPanoptic(Dataset):
         """(h, w) from the annotation file, or from the image file where the entry has no size."""
         info = self.images[self.ids[index]]
         if "height" not in info or "width" not in info:
-            with Image.open(os.path.join(self.img_folder, info["file_name"])) as im:
+            with Image.open(self.image_path(self.ids[index])) as im:
                 info["width"], info["height"] = im.size
         return info["height"], info["width"]
 
+    def image_path(self, image_id: int) -> str:
+        return os.path.join(self.img_folder, self.images[image_id]["file_name"])
+
     def __getitem__(self, index: int):
         ann = self.annotations[index]
-        info = self.images[ann["image_id"]]
-        img_path = os.path.join(self.img_folder, info["file_name"])
+        img_path = self.image_path(ann["image_id"])
         image = _read(img_path, f"image {ann['image_id']}", lambda p: _rgb(p))
         png_path = os.path.join(self.ann_folder, ann["file_name"])
         ids = _read(png_path, f"image {ann['image_id']}: panoptic PNG", read_panoptic_png)

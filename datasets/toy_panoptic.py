@@ -26,10 +26,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as coco_mask
 
-from datasets import transforms as T
 from datasets.coco_panoptic import SPLITS, CocoPanoptic, build_from_folders
 from datasets.toy import CLASSES as THING_CLASSES
-from datasets.toy import TOY_TRANSFORMS, _overlap, _shape_polygon, publish_folder
+from datasets.toy import _overlap, _shape_polygon, make_transforms, publish_folder
 from util.panoptic import id2rgb
 
 # (category id, name, base RGB colour); ids follow the thing classes 1..5.
@@ -234,5 +233,4 @@ def ensure_toy_panoptic(root=None, num_train: int = DEFAULT_SIZES["num_train"],
 
 def build(image_set: str, args) -> CocoPanoptic:
     root = ensure_toy_panoptic(getattr(args, "toy_panoptic_root", None), **DEFAULT_SIZES)
-    transforms = T.make_coco_transforms(image_set, **TOY_TRANSFORMS)
-    return build_from_folders(root, root, image_set, args, transforms)
+    return build_from_folders(root, root, image_set, args, make_transforms(image_set))

@@ -12,11 +12,12 @@ def _args(*flags):
 
 def test_the_data_set_gives_the_classifier_width_by_default():
     assert dataset_metadata(_args()).num_classes == 20
-    assert dataset_metadata(_args()).class_names is None
+    assert dataset_metadata(_args()).class_names == {1: "square", 2: "circle", 3: "triangle", 4: "cross",
+                                                     5: "diamond"}
 
 
 def test_num_classes_replaces_the_data_sets_width():
-    assert dataset_metadata(_args("--num_classes", "4")).num_classes == 4
+    assert dataset_metadata(_args("--num_classes", "8")).num_classes == 8
 
 
 def test_recorded_class_names_reach_the_metadata_with_integer_ids():
