@@ -1,65 +1,88 @@
-"""tools/visualize.py: detections drawn where they are, only above the threshold, from a checkpoint."""
+"""tools/visualize.py, a front of tools/predict.py: its documented commands, and the defects it had (bare
+ids on --images, the resized image saved, no cap on the longer side, a traceback for a moved data set)."""
 import argparse
 import os
+import shutil
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from tests.coco_files import write_split
 from tests.tiny_model import tiny_flags
 from tools import visualize
+from util import from_checkpoint
 from util.args import get_args_parser
 
 TINY = tiny_flags("--dim_feedforward", "32", "--num_queries", "5")
+NAMES = {1: "square", 2: "circle", 3: "triangle", 4: "cross", 5: "diamond"}
 
 
-def test_draw_boxes_above_threshold_only():
-    image = Image.new("RGB", (64, 48), (0, 0, 0))
-    result = {"boxes": torch.tensor([[10.0, 8.0, 40.0, 30.0], [2.0, 2.0, 20.0, 20.0]]),
-              "labels": torch.tensor([1, 2]), "scores": torch.tensor([0.9, 0.2])}
-    drawn, n = visualize.draw(image, result, threshold=0.5, names={1: "square"})
-    assert n == 1
-    colour = visualize.PALETTE[1]
-    assert drawn.getpixel((25, 30)) == colour  # bottom edge of the kept box
-    assert drawn.getpixel((40, 20)) == colour  # right edge
-    assert drawn.getpixel((25, 20)) == (0, 0, 0)  # inside stays untouched
-    assert drawn.getpixel((2, 15)) == (0, 0, 0)  # the low-score box is not drawn
-
-
-def test_main_draws_checkpoint_detections_on_images(tmp_path):
+def _checkpoint(tmp_path, *flags: str, drop: str = "", names: dict | None = None) -> str:
     from models import build_model
 
-    args = argparse.ArgumentParser(parents=[get_args_parser()]).parse_args(TINY)
-    model, _, _ = build_model(args)
-    ckpt = tmp_path / "checkpoint.pth"
-    torch.save({"model": model.state_dict(), "epoch": 0, "args": args}, ckpt)
-    image = tmp_path / "shape.jpg"
-    Image.new("RGB", (96, 80), (200, 30, 30)).save(image)
-    written = visualize.main([str(ckpt), "--images", str(image), "--image_size", "64", "--threshold", "0",
+    args = argparse.ArgumentParser(parents=[get_args_parser()]).parse_args([*TINY, *flags])
+    if names is not None:
+        args.num_classes, args.class_names = 20, names
+    state = {k: v for k, v in build_model(args)[0].state_dict().items() if not drop or not k.startswith(drop)}
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": state, "epoch": 0, "args": args}, path)
+    return str(path)
+
+
+@pytest.fixture
+def model_inputs(monkeypatch):
+    """The (B, 3, H, W) batches the rebuilt model is given."""
+    shapes = []
+    build = from_checkpoint._build
+
+    def spying(args):
+        model, criterion, postprocessors = build(args)
+        model.register_forward_pre_hook(lambda module, inputs: shapes.append(tuple(inputs[0].tensors.shape)))
+        return model, criterion, postprocessors
+
+    monkeypatch.setattr(from_checkpoint, "_build", spying)
+    return shapes
+
+
+def test_images_are_drawn_at_their_own_size_with_the_longer_side_capped_for_the_model(tmp_path, model_inputs):
+    image = tmp_path / "strip.jpg"
+    Image.new("RGB", (1000, 50), (200, 30, 30)).save(image)
+    written = visualize.main([_checkpoint(tmp_path), "--images", str(image), "--threshold", "0",
                               "--output_dir", str(tmp_path / "out")])
-    assert written == [str(tmp_path / "out" / "shape.png")]
-    out = Image.open(written[0])
-    assert out.size == (77, 64)  # shorter side resized to --image_size
-    colours = {c for _, c in out.convert("RGB").getcolors(maxcolors=1 << 16)}
-    assert colours & set(visualize.PALETTE), "with --threshold 0 every query's box is drawn"
+    assert [os.path.basename(p) for p in written] == ["strip.jpg"]
+    assert Image.open(written[0]).size == (1000, 50)  # the file's size, not the model's input
+    # the toy set's evaluation resize: shorter side 160, longer side at most 320 (not 3200 x 160)
+    assert model_inputs == [(1, 3, 16, 320)]
 
 
-def test_draw_panoptic_colours_each_segment_and_leaves_void():
-    from datasets.panoptic_eval import png_bytes
+def test_images_get_the_class_names_the_checkpoint_records(tmp_path, monkeypatch):
+    drawn_with = []
 
-    ids = np.zeros((6, 8), np.int64)
-    ids[:, :3], ids[:, 5:] = 1, 2  # columns 3-4 are VOID
-    result = {"png_string": png_bytes(ids), "segments_info": [{"id": 1, "category_id": 7},
-                                                              {"id": 2, "category_id": 1}]}
-    image = Image.new("RGB", (8, 6), (100, 100, 100))
-    drawn = visualize.draw_panoptic(image, result, alpha=0.5)
-    for x, seg in ((0, 1), (6, 2)):
-        expected = tuple(round(0.5 * 100 + 0.5 * c) for c in visualize.PALETTE[seg - 1])
-        assert drawn.getpixel((x, 2)) == expected
-    assert drawn.getpixel((3, 2)) == (100, 100, 100)
-    with pytest.raises(ValueError, match="draw_panoptic"):
-        visualize.draw_panoptic(Image.new("RGB", (9, 6)), result)
+    def draw(image, detections, names):
+        drawn_with.append(names)
+        return image
+
+    monkeypatch.setattr("tools.predict.draw", draw)
+    image = tmp_path / "shape.png"
+    Image.new("RGB", (96, 80), (200, 30, 30)).save(image)
+    visualize.main([_checkpoint(tmp_path, names=NAMES), "--images", str(image), "--output_dir",
+                    str(tmp_path / "out")])
+    assert drawn_with == [NAMES]
+
+
+def test_a_moved_data_set_is_one_line_naming_the_file(tmp_path, capsys):
+    names = {1: "a", 2: "b"}
+    data = {"images": [{"id": 1, "file_name": "x.jpg", "width": 64, "height": 48}], "annotations": [],
+            "categories": [{"id": i, "name": n} for i, n in names.items()]}
+    write_split(tmp_path / "data", tmp_path / "data" / "val.json", data)
+    path = _checkpoint(tmp_path, "--dataset_file", "coco", "--val_json", str(tmp_path / "data" / "val.json"),
+                       "--val_images", str(tmp_path / "data"), names=names)
+    shutil.move(tmp_path / "data", tmp_path / "moved")
+    with pytest.raises(SystemExit) as info:
+        visualize.main([path, "--num_images", "1", "--output_dir", str(tmp_path / "out")])
+    message = str(info.value.code)
+    assert message.startswith("visualize.py: data error:") and "val.json" in message and "\n" not in message
 
 
 def test_main_draws_panoptic_segments_of_a_masks_model(tmp_path):
@@ -73,20 +96,9 @@ def test_main_draws_panoptic_segments_of_a_masks_model(tmp_path):
     torch.save({"model": model.state_dict(), "epoch": 0, "args": args}, ckpt)
     image = tmp_path / "scene.jpg"
     Image.new("RGB", (96, 80), (30, 120, 30)).save(image)
-    written = visualize.main([str(ckpt), "--images", str(image), "--image_size", "64",
-                              "--output_dir", str(tmp_path / "out")])
-    assert written == [str(tmp_path / "out" / "scene.png"), str(tmp_path / "out" / "scene_panoptic.png")]
-    assert Image.open(written[1]).size == (77, 64)
-
-
-def _checkpoint(tmp_path, *flags: str, drop: str = "") -> str:
-    from models import build_model
-
-    args = argparse.ArgumentParser(parents=[get_args_parser()]).parse_args([*TINY, *flags])
-    state = {k: v for k, v in build_model(args)[0].state_dict().items() if not drop or not k.startswith(drop)}
-    path = tmp_path / "checkpoint.pth"
-    torch.save({"model": state, "epoch": 0, "args": args}, path)
-    return str(path)
+    written = visualize.main([str(ckpt), "--images", str(image), "--output_dir", str(tmp_path / "out")])
+    assert [os.path.basename(p) for p in written] == ["scene.jpg", "scene_panoptic.png"]
+    assert Image.open(written[1]).size == (96, 80)
 
 
 def test_a_checkpoint_lacking_weights_is_refused_not_drawn_with_random_ones(tmp_path):
@@ -115,3 +127,4 @@ def test_the_validation_images_are_found_where_the_run_found_them(tmp_path):
     written = visualize.main([_checkpoint(tmp_path, "--toy_root", str(root)), "--num_images", "1",
                               "--output_dir", str(tmp_path / "out")])
     assert len(written) == 1 and os.path.isfile(written[0])
+    assert Image.open(written[0]).size == Image.open(root / "val2017" / os.path.basename(written[0])).size
