@@ -381,15 +381,16 @@ def _our_checkpoint(path, *flags, class_names=None):
 
 
 _COCO_IDS = {"0": "N/A", "1": "person", "12": "N/A", "13": "stop sign", "90": "toothbrush"}
+_TOY_IDS = {"0": "N/A", "1": "square", "5": "diamond", "19": "N/A"}  # the toy set names its 5 classes
 
 
 @pytest.mark.parametrize("flags, class_names, num_classes, id2label", [
-    (("--num_classes", "20", "--dec_layers", "2"), None, 20, {"0": "LABEL_0", "19": "LABEL_19"}),
+    (("--num_classes", "20", "--dec_layers", "2"), None, 20, _TOY_IDS),
     (("--num_classes", "4", "--dec_layers", "2", "--with_box_refine"), {1: "cat", 3: "dog"}, 4,
      {"0": "N/A", "1": "cat", "2": "N/A", "3": "dog"}),
     (("--dataset_file", "coco", "--dec_layers", "1"), None, 91, _COCO_IDS),
     (("--dataset_file", "coco", "--dec_layers", "1", "--with_box_refine"), None, 91, _COCO_IDS),
-    (("--dec_layers", "1", "--with_box_refine", "--two_stage"), None, 20, {"0": "LABEL_0", "19": "LABEL_19"}),
+    (("--dec_layers", "1", "--with_box_refine", "--two_stage"), None, 20, _TOY_IDS),
 ], ids=["20_classes", "4_named_classes_refine", "coco_1_layer", "coco_1_layer_refine", "1_layer_two_stage"])
 def test_every_folder_we_write_loads_in_transformers_and_back_in_ours(tmp_path, flags, class_names,
                                                                      num_classes, id2label):
@@ -425,7 +426,7 @@ def test_test_py_evaluates_a_folder_of_20_classes(tmp_path, capsys):
 def test_a_checkpoint_whose_classes_need_its_missing_data_is_one_line(tmp_path, capsys):
     """A checkpoint of a custom COCO-format set that records no class names: they would come from its
     annotation file, which is not here; the tool says so in one line."""
-    _our_checkpoint(tmp_path / "ours.pth", "--num_classes", "5")
+    _our_checkpoint(tmp_path / "ours.pth", "--num_classes", "6")
     checkpoint = load_checkpoint(str(tmp_path / "ours.pth"))
     for flag, value in (("dataset_file", "coco"), ("val_json", str(tmp_path / "val.json")),
                         ("val_images", str(tmp_path / "images"))):
