@@ -2,6 +2,7 @@
 
     python main.py --coco_path data/coco --output_dir exps/r50            # train
     python main.py --coco_path data/coco --resume ckpt.pth --eval         # evaluate
+    python main.py --train_json ... --val_json ... --finetune ckpt.pth    # fine-tune on other classes
     python tools/launch.py --nproc_per_node 8 main.py ...                 # distributed
 
 Resuming (--resume OUTPUT_DIR/checkpoint.pth) continues the run as if it had never stopped: the
@@ -41,6 +42,7 @@ from util.checkpoint import (
     load_weights,
     save_checkpoint,
 )
+from util.finetune import finetune_from
 from util.from_checkpoint import LoadedDetector
 from util.hf.convert import load_checkpoint_or_folder
 from util.misc import collate_fn
@@ -428,7 +430,11 @@ def main(args, detector: LoadedDetector | None = None) -> dict:
     print(resolve_classes(args), flush=True)
     if detector is None:
         model, criterion, postprocessors = build_model(args)  # the data set's metadata from --dataset_file
-        load_pretrained_backbone(model, args)  # building loads no weights
+        if args.finetune:  # the checkpoint's backbone replaces the ImageNet one
+            for line in finetune_from(model, args):
+                print(line, flush=True)
+        else:
+            load_pretrained_backbone(model, args)  # building loads no weights
     else:
         model, criterion, postprocessors = detector.model, detector.criterion, detector.postprocessors
     model.to(device)

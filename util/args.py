@@ -186,6 +186,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda", help="device to use for training / testing")
     p.add_argument("--seed", default=42, type=int)
     p.add_argument("--resume", default="", help="resume from checkpoint (path or URL)")
+    p.add_argument("--finetune", default=None, metavar="CKPT",
+                   help="start a new run (epoch 0, fresh optimizer) from a trained detector (file, URL or "
+                        "Hugging Face folder) on this data set's classes: what fits loads, the "
+                        "classification heads start afresh (util/finetune.py)")
     p.add_argument("--start_epoch", default=0, type=int, metavar="N", help="start epoch")
     p.add_argument("--eval", action="store_true")
     p.add_argument("--num_workers", default=2, type=int)
@@ -430,6 +434,16 @@ _UNTRAINED = ("--eval without --resume evaluates untrained weights (a random tra
 
 
 def _check_weights(args: argparse.Namespace) -> str | None:
+    if getattr(args, "finetune", None):
+        if args.resume:
+            return ("--finetune starts a new run from a checkpoint's weights and --resume continues a run: "
+                    "give one (a stopped fine-tuning run continues with --resume OUTPUT_DIR/checkpoint.pth "
+                    "alone)")
+        if args.eval:
+            return "--finetune trains; to evaluate a checkpoint, pass it with --resume"
+        if args.frozen_weights:
+            return ("--finetune and --frozen_weights both load a detector: --frozen_weights DET.pth trains "
+                    "the mask head on it, --finetune trains all of it")
     if not args.eval or args.resume or args.frozen_weights or args.dataset_file in _TOY_SETS:
         return None
     return (f"{_UNTRAINED}: pass --resume CHECKPOINT (a file, URL or Hugging Face folder) to evaluate a "
@@ -461,10 +475,10 @@ def _creatable_dir_problem(path: str | None) -> str | None:
 
 
 def _check_paths(args: argparse.Namespace) -> str | None:
-    resume = getattr(args, "resume", "")
-    if resume and not is_url(resume) and not os.path.isfile(resume):
-        if not is_hf_folder(resume):
-            return (f"--resume {resume}: no such file (a checkpoint path, a Hugging Face model folder "
+    for name in ("resume", "finetune"):
+        path = getattr(args, name, None)
+        if path and not is_url(path) and not os.path.isfile(path) and not is_hf_folder(path):
+            return (f"--{name} {path}: no such file (a checkpoint path, a Hugging Face model folder "
                     "with config.json, or an http(s) URL)")
     for name in ("frozen_weights", "backbone_weights"):
         path = getattr(args, name, None)

@@ -487,7 +487,8 @@ def _batchformer_runs(args: argparse.Namespace) -> bool:
 
 
 def load_weights(model: nn.Module, checkpoint: dict, args: argparse.Namespace, name: str, complete: bool,
-                 skip_flags: tuple[str, ...] = (), new_batchformer: bool = False) -> LoadReport:
+                 skip_flags: tuple[str, ...] = (), new_batchformer: bool = False,
+                 batchformer_optional: bool = False) -> LoadReport:
     """Load ``checkpoint['model']`` into ``model`` after checking it was trained with this architecture.
 
     Stops (CheckpointError, one line naming ``name``) when the checkpoint's recorded args differ on a
@@ -500,6 +501,8 @@ def load_weights(model: nn.Module, checkpoint: dict, args: argparse.Namespace, n
     weights need not match (said in a notice): a plain Deformable DETR checkpoint evaluates with a
     BatchFormer config's flags. ``new_batchformer``: a ``--bf`` run may start from a checkpoint trained
     without one, its BatchFormer then staying at its initial values (training from it).
+    ``batchformer_optional``: a BatchFormer on one side only is no difference (--finetune: the caller says
+    what becomes of its tensors).
     """
     from models.param_groups import is_batchformer_parameter
 
@@ -516,6 +519,9 @@ def load_weights(model: nn.Module, checkpoint: dict, args: argparse.Namespace, n
         print(f"{name}: {_listed(bf_differences)}: the BatchFormer is skipped at inference (no --eval_bf), "
               "so these flags do not change the evaluation", flush=True)
     elif bf_differences and new_batchformer and not recorded_value(saved_args, "bf", meta_arch):
+        skip += _BATCHFORMER_FLAGS
+    elif (bf_differences and batchformer_optional
+          and bool(recorded_value(saved_args, "bf", meta_arch)) != bool(args.bf)):
         skip += _BATCHFORMER_FLAGS
     differences = architecture_differences(saved_args, args, skip=skip, meta_arch=meta_arch)
     if differences:
