@@ -7,7 +7,8 @@ The checkpoint is read once. Its recorded flags (``util.checkpoint.RECORDED_FLAG
 what changes an evaluation's outputs, the data set's classes) replace the tool's, except those the user
 typed, which win with a notice; the weights load with the architecture check of ``main.py --resume``
 (a checkpoint that does not fit stops in one line instead of running with random tensors). test.py,
-benchmark.py and tools/visualize.py use it; so should every tool that loads a trained model.
+benchmark.py, tools/predict.py (and tools/visualize.py through it) use it; so should every tool that
+loads a trained model.
 """
 from __future__ import annotations
 
