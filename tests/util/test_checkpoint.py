@@ -628,7 +628,8 @@ NOT_RECORDED = {
     **dict.fromkeys(("lr", "lr_backbone_names", "lr_backbone", "lr_linear_proj_names", "lr_linear_proj_mult",
                      "weight_decay", "epochs", "lr_drop", "lr_drop_epochs", "clip_max_norm", "sgd",
                      "start_epoch", "max_iters_per_epoch", "eval_every", "find_unused_parameters",
-                     "dropout", "drop_path", "use_checkpoint", "bf_lr", "bf_weight_decay"), "training only"),
+                     "dropout", "drop_path", "use_checkpoint", "bf_lr", "bf_weight_decay", "finetune"),
+                    "training only"),
 }
 
 
