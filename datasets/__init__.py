@@ -68,10 +68,10 @@ def _coco_metadata(args: argparse.Namespace) -> DatasetMetadata:
     return coco_metadata(args)
 
 
-def _toy_transforms(image_set: str) -> T.Compose:
+def _toy_transforms(image_set: str, scale: float = 1.0) -> T.Compose:
     from datasets.toy import make_transforms
 
-    return make_transforms(image_set)
+    return make_transforms(image_set, scale)
 
 
 def _coco_classes_origin(args: argparse.Namespace, metadata: DatasetMetadata) -> tuple[str, str]:
@@ -87,8 +87,8 @@ class _DatasetEntry:
     # (why the classifier has its width, where the names come from) for the run's first lines; None: the
     # data set's fixed width and names
     classes_origin: Callable[[argparse.Namespace, DatasetMetadata], tuple[str, str]] | None = None
-    # image_set -> the transforms build() gives that split ((image, target) -> (image, target))
-    transforms: Callable[[str], T.Compose] = T.make_coco_transforms
+    # (image_set, --image_scale) -> the transforms build() gives that split: (image, target) pairs
+    transforms: Callable[[str, float], T.Compose] = T.make_coco_transforms
 
 
 _DATASETS = {
@@ -144,8 +144,8 @@ def resolve_classes(args: argparse.Namespace) -> str:
 def make_transforms(image_set: str, args: argparse.Namespace) -> T.Compose:
     """The transforms of ``args.dataset_file``'s ``image_set`` split; called with a None target, the 'val'
     ones turn an image file's pixels into what the evaluation feeds the model (resized as the data set's
-    evaluation resizes, normalised): what prediction on image files applies."""
-    return _entry(args).transforms(image_set)
+    evaluation resizes, times --image_scale, normalised): what prediction on image files applies."""
+    return _entry(args).transforms(image_set, scale=T.image_scale(args))
 
 
 def build_dataset(image_set: str, args: argparse.Namespace) -> Dataset:

@@ -169,5 +169,5 @@ def build_from_folder(root, image_set: str, args, transforms) -> CocoDetection:
 def build(image_set: str, args) -> CocoDetection:
     # datasets.dataset_metadata(args), without importing the registry that imports this module
     metadata = coco_metadata(args).with_given(None, getattr(args, "class_names", None))
-    transforms = T.make_coco_transforms(image_set)
+    transforms = T.make_coco_transforms(image_set, scale=T.image_scale(args))
     return build_split(split_files(image_set, args), image_set, args, transforms, metadata)

@@ -188,4 +188,4 @@ def build(image_set: str, args) -> CocoPanoptic:
         raise ValueError("--dataset_file coco_panoptic needs --coco_panoptic_path (the folder with "
                          "annotations/panoptic_*2017.json and panoptic_*2017/ PNG folders)")
     return build_from_folders(args.coco_path, args.coco_panoptic_path, image_set, args,
-                              T.make_coco_transforms(image_set))
+                              T.make_coco_transforms(image_set, scale=T.image_scale(args)))

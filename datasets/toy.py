@@ -235,11 +235,12 @@ def ensure_toy_dataset(root=None, num_train: int = 400, num_val: int = 100, seed
     return root
 
 
-def make_transforms(image_set: str) -> T.Compose:
-    """The COCO recipe at the toy images' scale (``TOY_TRANSFORMS``), for both toy sets."""
-    return T.make_coco_transforms(image_set, **TOY_TRANSFORMS)
+def make_transforms(image_set: str, scale: float = 1.0) -> T.Compose:
+    """The COCO recipe at the toy images' scale (``TOY_TRANSFORMS``), for both toy sets; ``scale``:
+    ``--image_scale``."""
+    return T.make_coco_transforms(image_set, **TOY_TRANSFORMS, scale=scale)
 
 
 def build(image_set: str, args):
     root = ensure_toy_dataset(getattr(args, "toy_root", None))
-    return build_from_folder(root, image_set, args, make_transforms(image_set))
+    return build_from_folder(root, image_set, args, make_transforms(image_set, T.image_scale(args)))

@@ -29,6 +29,7 @@ from pycocotools import mask as coco_mask
 from datasets.coco_panoptic import SPLITS, CocoPanoptic, build_from_folders
 from datasets.toy import CLASSES as THING_CLASSES
 from datasets.toy import _overlap, _shape_polygon, make_transforms, publish_folder
+from datasets.transforms import image_scale
 from util.panoptic import id2rgb
 
 # (category id, name, base RGB colour); ids follow the thing classes 1..5.
@@ -233,4 +234,4 @@ def ensure_toy_panoptic(root=None, num_train: int = DEFAULT_SIZES["num_train"],
 
 def build(image_set: str, args) -> CocoPanoptic:
     root = ensure_toy_panoptic(getattr(args, "toy_panoptic_root", None), **DEFAULT_SIZES)
-    return build_from_folders(root, root, image_set, args, make_transforms(image_set))
+    return build_from_folders(root, root, image_set, args, make_transforms(image_set, image_scale(args)))

@@ -264,6 +264,11 @@ COCO_CROP_RANGE = (384, 600)
 COCO_VAL_SIZE = 800
 
 
+def image_scale(args) -> float:
+    """``--image_scale`` of ``args`` (1: the data set's own sizes, also for args that predate the flag)."""
+    return getattr(args, "image_scale", 1.0)
+
+
 def make_coco_transforms(
     image_set: str,
     scales: Sequence[int] = COCO_SCALES,
@@ -271,11 +276,18 @@ def make_coco_transforms(
     crop_resize: Sequence[int] = COCO_CROP_RESIZE,
     crop_range: tuple[int, int] = COCO_CROP_RANGE,
     val_size: int = COCO_VAL_SIZE,
+    scale: float = 1.0,
 ) -> Compose:
     """Train: flip, then multi-scale resize or [resize, random crop, multi-scale resize]; val: one size.
 
-    The defaults are the COCO recipe; smaller data sets (the toy set) pass their own scales.
+    The defaults are the COCO recipe; smaller data sets (the toy set) pass their own scales. ``scale``
+    multiplies every size of the recipe (``--image_scale``): 0.5 trains and evaluates at half of it.
     """
+    def scaled(size: int) -> int:
+        return max(1, round(size * scale))
+
+    scales, crop_resize = [scaled(s) for s in scales], [scaled(s) for s in crop_resize]
+    max_size, val_size, crop_range = scaled(max_size), scaled(val_size), tuple(scaled(s) for s in crop_range)
     normalize = Compose([ToTensor(), Normalize()])
     if image_set == "train":
         return Compose([

@@ -166,6 +166,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="COCO-format annotation file of the validation split (instead of --coco_path)")
     p.add_argument("--val_images", default=None, type=str,
                    help="folder the file_name entries of --val_json are relative to")
+    p.add_argument("--image_scale", default=1.0, type=float,
+                   help="multiplies every image size of the data set's resize recipe, in training and "
+                        "evaluation (COCO's: shorter side 480-800, longer at most 1333, 800 at evaluation; "
+                        "the toy sets': 128-192, 320, 160): e.g. 0.5 for small images or a faster run; "
+                        "recorded in checkpoints, which test.py and tools/predict.py resize by")
     p.add_argument("--max_image_pixels", default=None, type=int,
                    help="Pillow's decompression-bomb limit for the data set's images: it warns above "
                         "this many pixels and refuses twice as many (default: Pillow's, about 89 million; "
@@ -333,6 +338,8 @@ def _check_numbers(args: argparse.Namespace) -> str | None:
         value = getattr(args, name, None)
         if value is not None and not 0 <= value <= 1:
             return f"{_flag(name)} must be in [0, 1], got {value}"
+    if getattr(args, "image_scale", None) is not None and args.image_scale <= 0:
+        return f"--image_scale must be > 0, got {args.image_scale}"
     if getattr(args, "focal_alpha", None) is not None and args.focal_alpha > 1:
         return f"--focal_alpha must be in [0, 1] (or negative: no alpha weighting), got {args.focal_alpha}"
     if getattr(args, "drop_path", None) is not None and not 0 <= args.drop_path < 1:

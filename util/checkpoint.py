@@ -547,7 +547,7 @@ def load_weights(model: nn.Module, checkpoint: dict, args: argparse.Namespace, n
 EVALUATION_FLAGS = (
     "eval_bf", "bf_scope", "panoptic_threshold", "aux_loss", "set_cost_class", "set_cost_bbox",
     "set_cost_giou", "cls_loss_coef", "bbox_loss_coef", "giou_loss_coef", "mask_loss_coef", "dice_loss_coef",
-    "focal_alpha", "eos_coef",
+    "focal_alpha", "eos_coef", "image_scale",
 )
 # What the checkpoint's run knew of its data: the data set, the classifier's width and the class names
 # (set by main.py from the data; class_names is no flag, only recorded).

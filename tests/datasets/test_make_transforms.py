@@ -27,3 +27,16 @@ def test_the_longer_side_is_capped_as_in_evaluation():
     # longer 67 * 20 (a few pixels past the cap, as in the public code)
     assert tuple(coco.shape) == (3, 67, 1340)
     assert tuple(toy.shape) == (3, 16, 320)
+
+
+def test_image_scale_multiplies_every_size_of_the_recipe():
+    from datasets.transforms import COCO_SCALES
+
+    args = get_args_parser().parse_args(["--dataset_file", "coco", "--image_scale", "0.2"])
+    image = PIL.Image.new("RGB", (400, 300))
+    assert tuple(make_transforms("val", args)(image, None)[0].shape) == (3, 160, 213)  # 800 * 0.2
+    strip = make_transforms("val", args)(PIL.Image.new("RGB", (8000, 400)), None)[0]
+    assert strip.shape[2] <= 268  # the longer side's cap, 1333 * 0.2
+    train = make_transforms("train", args)
+    shorter = {min(train(image, {"boxes": torch.zeros(0, 4)})[0].shape[1:]) for _ in range(60)}
+    assert shorter <= {round(s * 0.2) for s in COCO_SCALES} and len(shorter) > 3

@@ -66,6 +66,7 @@ BAD_FLAGS = [
     (["--backbone_weights", "/nonexistent/resnet18.pth"], "--backbone_weights"),
     (["--device", "gpu"], "--device"),
     (["--amp", "fp8"], "--amp"),
+    (["--image_scale", "0"], "--image_scale must be > 0"),
     (["--position_embedding", "cosine"], "--position_embedding"),
 ]
 
