@@ -20,7 +20,8 @@ skipped with one counted warning. Written to --output_dir:
 The checkpoint decides the model (``util.from_checkpoint``, as test.py: its architecture, classes and
 evaluation flags; main.py flags given here override them, with a notice), the class names (recorded in
 the checkpoint, else the data set's) and the image size: an image is resized as the evaluation of the
-checkpoint's data set resizes it (COCO: shorter side 800, longer at most 1333), and decoded as training
+checkpoint's data set resizes it (COCO: shorter side 800, longer at most 1333; times the checkpoint's
+--image_scale), and decoded as training
 decodes it (``datasets/images.py``: EXIF orientation, 16-bit PNGs, --max_image_pixels). The other
 main.py flags mean what they mean there: --device (default: cuda where there is one), --batch_size,
 --num_workers (image decoding), --amp.

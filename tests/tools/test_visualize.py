@@ -45,15 +45,19 @@ def model_inputs(monkeypatch):
     return shapes
 
 
-def test_images_are_drawn_at_their_own_size_with_the_longer_side_capped_for_the_model(tmp_path, model_inputs):
+# the toy set's evaluation resize: shorter side 160, longer side at most 320 (not 3200 x 160); the
+# checkpoint's --image_scale multiplies both
+@pytest.mark.parametrize("flags, model_input", [((), (1, 3, 16, 320)),
+                                                (("--image_scale", "0.5"), (1, 3, 8, 160))])
+def test_images_are_drawn_at_their_own_size_with_the_longer_side_capped_for_the_model(tmp_path, model_inputs,
+                                                                                       flags, model_input):
     image = tmp_path / "strip.jpg"
     Image.new("RGB", (1000, 50), (200, 30, 30)).save(image)
-    written = visualize.main([_checkpoint(tmp_path), "--images", str(image), "--threshold", "0",
+    written = visualize.main([_checkpoint(tmp_path, *flags), "--images", str(image), "--threshold", "0",
                               "--output_dir", str(tmp_path / "out")])
     assert [os.path.basename(p) for p in written] == ["strip.jpg"]
     assert Image.open(written[0]).size == (1000, 50)  # the file's size, not the model's input
-    # the toy set's evaluation resize: shorter side 160, longer side at most 320 (not 3200 x 160)
-    assert model_inputs == [(1, 3, 16, 320)]
+    assert model_inputs == [model_input]
 
 
 def test_images_get_the_class_names_the_checkpoint_records(tmp_path, monkeypatch):
