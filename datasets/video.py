@@ -65,7 +65,8 @@ class VideoReader:
 
 class VideoWriter:
     """Writes RGB PIL images as the frames of an MPEG-4 (``mp4v``) file at ``fps``; the frame size is the
-    first frame's. A context manager: the file is complete once it closes."""
+    first frame's (a later frame of another size is resized to it). A context manager: the file is
+    complete once it closes."""
 
     def __init__(self, path: str, fps: float):
         self.path, self.fps = path, fps
@@ -74,10 +75,13 @@ class VideoWriter:
     def write(self, frame: PIL.Image.Image) -> None:
         cv2 = _cv2()
         if self._writer is None:
+            self.size = frame.size
             self._writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, frame.size)
             if not self._writer.isOpened():
                 raise OSError(f"cannot write video {self.path}: OpenCV could not open an MPEG-4 writer "
                               "for it")
+        if frame.size != self.size:
+            frame = frame.resize(self.size)
         self._writer.write(cv2.cvtColor(np.asarray(frame.convert("RGB")), cv2.COLOR_RGB2BGR))
 
     def close(self) -> None:

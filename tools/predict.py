@@ -184,6 +184,18 @@ def batches_by_size(pictures: Iterable[Picture], batch_size: int) -> Iterator[li
     yield from pending.values()
 
 
+def batches_in_order(pictures: Iterable[Picture], batch_size: int) -> Iterator[list[Picture]]:
+    """Consecutive pictures of one tensor size, at most ``batch_size``: a video's frames keep their order."""
+    batch: list[Picture] = []
+    for picture in pictures:
+        if batch and (len(batch) == batch_size or picture.tensor.shape != batch[0].tensor.shape):
+            yield batch
+            batch = []
+        batch.append(picture)
+    if batch:
+        yield batch
+
+
 class Detector:
     """The checkpoint's model and post-processing on a batch of pictures of one size."""
 
@@ -275,10 +287,10 @@ class Run:
         for batch in batches_by_size(readable(), self.args.batch_size):
             for picture, (detections, panoptic) in zip(batch, self.detector(batch)):
                 kept, drawn = self._drawn(picture, detections, panoptic)
-                extension = ".jpg" if picture.input.path.lower().endswith((".jpg", ".jpeg")) else ".png"
-                for suffix, image in drawn:
-                    path = os.path.join(self.args.output_dir, picture.input.name + suffix
-                                        + (extension if not suffix else ".png"))
+                jpeg = picture.input.path.lower().endswith((".jpg", ".jpeg"))
+                for suffix, image in drawn:  # the drawing as the input's type; the segments as PNG
+                    ending = f"{suffix}.png" if suffix else (".jpg" if jpeg else ".png")
+                    path = os.path.join(self.args.output_dir, picture.input.name + ending)
                     _save_image(image, path)
                     self.written.append(path)
                 self.images += 1
@@ -301,7 +313,7 @@ class Run:
                 yield Picture(item, first_id + index, image, tensor, frame=index)
 
         try:
-            for batch in batches_by_size(pictures(), self.args.batch_size):
+            for batch in batches_in_order(pictures(), self.args.batch_size):
                 for picture, (detections, panoptic) in zip(batch, self.detector(batch)):
                     kept, drawn = self._drawn(picture, detections, panoptic)
                     detected += len(kept["scores"])

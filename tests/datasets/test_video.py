@@ -34,3 +34,11 @@ def test_a_missing_or_unreadable_file_is_a_data_error_naming_it(tmp_path, conten
 
 def test_video_files_are_known_by_extension():
     assert is_video_file("a/b.MP4") and is_video_file("x.mkv") and not is_video_file("x.jpg")
+
+
+def test_a_frame_of_another_size_is_written_at_the_first_frames_size(tmp_path):
+    path = str(tmp_path / "clip.mp4")
+    with VideoWriter(path, fps=5) as video:
+        video.write(Image.new("RGB", (64, 48), COLOURS[0]))
+        video.write(Image.new("RGB", (32, 32), COLOURS[1]))
+    assert [f.size for f in VideoReader(path)] == [(64, 48)] * 2

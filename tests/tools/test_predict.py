@@ -182,3 +182,12 @@ def test_nothing_readable_is_a_data_error(checkpoint, inputs, tmp_path):
     with pytest.raises(SystemExit) as info:
         _predict(checkpoint, inputs / "broken.jpg", "--output_dir", tmp_path)
     assert str(info.value.code) == "predict.py: data error: none of the 1 inputs could be read"
+
+
+def test_a_videos_frames_keep_their_order_in_batches_of_one_size():
+    def picture(n, h):
+        return predict.Picture(predict.Input("v", "v"), n, None, torch.zeros(3, h, 8), frame=n)
+
+    got = [[p.frame for p in b] for b in predict.batches_in_order(
+        (picture(i, h) for i, h in enumerate([10, 10, 10, 20, 10])), batch_size=2)]
+    assert got == [[0, 1], [2], [3], [4]]
