@@ -59,7 +59,7 @@ def finetune_from(model: nn.Module, args: argparse.Namespace) -> list[str]:
     """Load ``args.finetune`` into ``model`` (freshly built from ``args``, on the CPU or its device) as the
     module docstring says; returns the lines to print. Raises CheckpointError (one line) where the
     checkpoint does not fit."""
-    from models.batchformer import is_batchformer_parameter
+    from models.param_groups import is_batchformer_parameter
     from util.hf.convert import load_checkpoint_or_folder
 
     name = f"--finetune {args.finetune}"

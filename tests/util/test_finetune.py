@@ -134,3 +134,20 @@ def test_a_hugging_face_folder_fine_tunes(tmp_path):
     model = _built(args)
     assert "re-initialised" in finetune_from(model, args)[0]
     assert torch.allclose(model.state_dict()["input_proj.0.0.weight"], saved["input_proj.0.0.weight"])
+
+
+def test_a_softmax_detectors_head_starts_as_its_own_fresh_model_starts_it(tmp_path, monkeypatch):
+    """DETR's kind (num_classes + 1 logits, no prior bias), through the detector registered by
+    tests/models/test_new_detector.py: the registry's build initialises the head, --finetune keeps that."""
+    from models.detectors import DETECTORS
+    from tests.models.test_new_detector import TINY_DETECTOR
+
+    monkeypatch.setitem(DETECTORS, "tiny_detr", TINY_DETECTOR)
+    saved = _trained(tmp_path / "coco.pth", "--meta_arch", "tiny_detr", "--num_classes", "91")
+    args = _args("--meta_arch", "tiny_detr", "--finetune", str(tmp_path / "coco.pth"))
+    model, fresh = _built(args), _built(args).state_dict()
+    lines = finetune_from(model, args)
+    state = model.state_dict()
+    assert saved["class_embed.weight"].shape == (92, 32) and state["class_embed.weight"].shape == (21, 32)
+    assert all(torch.equal(v, fresh[k] if is_classification_key(k) else saved[k]) for k, v in state.items())
+    assert "(21 outputs), as a freshly built model initialises them: class_embed.* (2 tensors)" in lines[0]
