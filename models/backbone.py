@@ -235,10 +235,12 @@ def load_pretrained_backbone(model: nn.Module, args) -> bool:
     return True
 
 
-def build_backbone(args) -> Joiner:
+def build_backbone(args, sine_offset: float = 0.5) -> Joiner:
     """The backbone of ``args`` with random weights: trainable layer2-4 when ``--lr_backbone`` > 0;
-    intermediate levels when multi-scale or with ``--masks``, and the stride-4 map with ``--masks``."""
-    position_embedding = build_position_encoding(args)
+    intermediate levels when multi-scale or with ``--masks``, and the stride-4 map with ``--masks``.
+    ``sine_offset``: the detector's normalisation of the sine position encoding (0.5 Deformable DETR's,
+    0 DETR's: ``models.position_encoding.PositionEmbeddingSine``)."""
+    position_embedding = build_position_encoding(args, sine_offset)
     train_backbone = args.lr_backbone > 0
     return_interm_layers = args.masks or args.num_feature_levels > 1
     backbone = Backbone(

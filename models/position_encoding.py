@@ -19,7 +19,9 @@ class PositionEmbeddingSine(nn.Module):
 
     Channels are the y encoding then the x encoding, each ``num_pos_feats`` wide, with sin on
     even and cos on odd channels. Normalising by the unpadded extent makes the encoding of an
-    image independent of how much padding the batch added to it.
+    image independent of how much padding the batch added to it: row i (1-based) of an image of
+    h rows becomes (i - offset) / h * scale; ``offset`` is 0.5 in Deformable DETR (pixel centres),
+    0 in DETR and Conditional DETR (their published weights were trained with each).
     """
 
     def __init__(
@@ -28,6 +30,7 @@ class PositionEmbeddingSine(nn.Module):
         temperature: float = 10000,
         normalize: bool = False,
         scale: float | None = None,
+        offset: float = 0.5,
     ) -> None:
         super().__init__()
         if scale is not None and not normalize:
@@ -36,6 +39,7 @@ class PositionEmbeddingSine(nn.Module):
         self.temperature = temperature
         self.normalize = normalize
         self.scale = 2 * math.pi if scale is None else scale
+        self.offset = offset
 
     def forward(self, tensor_list: NestedTensor) -> Tensor:
         mask = tensor_list.mask
@@ -46,8 +50,8 @@ class PositionEmbeddingSine(nn.Module):
         x_embed = not_mask.cumsum(2, dtype=torch.float32)
         if self.normalize:
             eps = 1e-6
-            y_embed = (y_embed - 0.5) / (y_embed[:, -1:, :] + eps) * self.scale
-            x_embed = (x_embed - 0.5) / (x_embed[:, :, -1:] + eps) * self.scale
+            y_embed = (y_embed - self.offset) / (y_embed[:, -1:, :] + eps) * self.scale
+            x_embed = (x_embed - self.offset) / (x_embed[:, :, -1:] + eps) * self.scale
 
         dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=mask.device)
         dim_t = self.temperature ** (2 * (dim_t // 2) / self.num_pos_feats)
@@ -87,13 +91,15 @@ class PositionEmbeddingLearned(nn.Module):
         return pos.permute(2, 0, 1)[None].expand(x.shape[0], -1, -1, -1)  # (B, 2F, H, W)
 
 
-def build_position_encoding(args) -> nn.Module:
-    """``--position_embedding sine|learned`` with hidden_dim / 2 features per coordinate."""
+def build_position_encoding(args, sine_offset: float = 0.5) -> nn.Module:
+    """``--position_embedding sine|learned`` with hidden_dim / 2 features per coordinate; ``sine_offset``:
+    the detector's normalisation of the sine encoding (``PositionEmbeddingSine``'s ``offset``)."""
     if args.hidden_dim % 2 != 0:
         raise ValueError(f"--hidden_dim must be even for the position encoding, got {args.hidden_dim}")
     n_steps = args.hidden_dim // 2
     if args.position_embedding == "sine":
-        return PositionEmbeddingSine(n_steps, normalize=True, scale=args.position_embedding_scale)
+        return PositionEmbeddingSine(n_steps, normalize=True, scale=args.position_embedding_scale,
+                                     offset=sine_offset)
     if args.position_embedding == "learned":
         return PositionEmbeddingLearned(n_steps)
     raise ValueError(f"--position_embedding must be 'sine' or 'learned', got {args.position_embedding!r}")

@@ -19,7 +19,7 @@ def _padded_mask(sizes, h, w):
     return mask
 
 
-def _sine_reference(mask, num_pos_feats, temperature=10000.0, scale=2 * math.pi):
+def _sine_reference(mask, num_pos_feats, temperature=10000.0, scale=2 * math.pi, offset=0.5):
     b, h, w = mask.shape
     out = torch.zeros(b, 2 * num_pos_feats, h, w, dtype=torch.float64)
     for n in range(b):
@@ -30,8 +30,8 @@ def _sine_reference(mask, num_pos_feats, temperature=10000.0, scale=2 * math.pi)
                 cx = float((~mask[n, y, : x + 1]).sum())
                 ly = float((~mask[n, :, x]).sum())
                 lx = float((~mask[n, y, :]).sum())
-                ey = (cy - 0.5) / (ly + 1e-6) * scale
-                ex = (cx - 0.5) / (lx + 1e-6) * scale
+                ey = (cy - offset) / (ly + 1e-6) * scale
+                ex = (cx - offset) / (lx + 1e-6) * scale
                 for i in range(num_pos_feats):
                     freq = temperature ** (2 * (i // 2) / num_pos_feats)
                     f = math.sin if i % 2 == 0 else math.cos
@@ -40,12 +40,13 @@ def _sine_reference(mask, num_pos_feats, temperature=10000.0, scale=2 * math.pi)
     return out
 
 
-def test_sine_matches_formula_on_padded_batch():
+@pytest.mark.parametrize("offset", [0.5, 0.0])  # Deformable DETR's pixel centres; DETR's (no offset)
+def test_sine_matches_formula_on_padded_batch(offset):
     mask = _padded_mask([(5, 7), (3, 4)], 5, 7)
     x = torch.zeros(2, 3, 5, 7)
-    pos = PositionEmbeddingSine(8, normalize=True)(NestedTensor(x, mask))
+    pos = PositionEmbeddingSine(8, normalize=True, offset=offset)(NestedTensor(x, mask))
     assert pos.shape == (2, 16, 5, 7) and pos.dtype == torch.float32
-    ref = _sine_reference(mask, 8)
+    ref = _sine_reference(mask, 8, offset=offset)
     # Padded pixels hold sines of ~1e6 radians (count 0 over 1e-6): only the image pixels matter.
     keep = ~mask[:, None].expand_as(pos)
     torch.testing.assert_close(pos.double()[keep], ref[keep], atol=2e-5, rtol=0)
@@ -87,7 +88,8 @@ def test_build_from_flags():
     args = get_args_parser().parse_args(["--hidden_dim", "64"])
     enc = build_position_encoding(args)
     assert isinstance(enc, PositionEmbeddingSine) and enc.num_pos_feats == 32 and enc.normalize
-    assert enc.scale == pytest.approx(2 * math.pi)
+    assert enc.scale == pytest.approx(2 * math.pi) and enc.offset == 0.5
+    assert build_position_encoding(args, sine_offset=0.0).offset == 0.0  # DETR's normalisation
     args = get_args_parser().parse_args(["--hidden_dim", "64", "--position_embedding", "learned"])
     assert isinstance(build_position_encoding(args), PositionEmbeddingLearned)
     args.position_embedding = "fourier"
