@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from models.activation_checkpoint import maybe_checkpointed
 from models.param_groups import is_batchformer_parameter, param_groups  # noqa: F401 (the name rule, public here)
 from util.dist import all_gather_rows, get_world_size, max_over_ranks
-from util.misc import NestedTensor
+from util.misc import NestedTensor, nested_tensor_from_tensor_list
 
 BF_HEADS = 4
 BF_DROPOUT = 0.5
@@ -164,6 +164,15 @@ def pad_to_common_size(samples: NestedTensor) -> NestedTensor:
     if mask is None:
         mask = torch.zeros((samples.tensors.shape[0], h, w), dtype=torch.bool, device=samples.tensors.device)
     return NestedTensor(F.pad(samples.tensors, pad), F.pad(mask, pad, value=True))
+
+
+def detector_input(samples: NestedTensor | list[Tensor], spans_ranks: bool) -> NestedTensor:
+    """What a detector's forward reads: ``samples`` as a padded batch (a list of (3, H, W) images padded
+    bottom/right), padded further to every rank's common size when its BatchFormer attends across ranks
+    (``BatchFormerConfig.spans_ranks``)."""
+    if not isinstance(samples, NestedTensor):
+        samples = nested_tensor_from_tensor_list(list(samples))
+    return pad_to_common_size(samples) if spans_ranks else samples
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.backbone import STRIDE4, build_backbone
-from models.batchformer import BatchFormerConfig, pad_to_common_size
+from models.batchformer import BatchFormerConfig, detector_input
 from models.classification import Classification, SigmoidFocal
 from models.criterion import SetCriterion
 from models.deformable_transformer import TransformerOutput, build_deformable_transformer
 from models.heads import MLP, aux_outputs, box_from_reference
 from models.postprocess import PostProcess
 from models.segmentation import MaskFeatures, MaskHeadFPN, MHAttentionMap
-from util.misc import NestedTensor, nested_tensor_from_tensor_list
+from util.misc import NestedTensor
 
 __all__ = [
     "DeformableDETR",
@@ -151,10 +151,7 @@ class DeformableDETR(nn.Module):
         return self.forward_with_state(samples)[0]
 
     def forward_with_state(self, samples: NestedTensor | list[Tensor]) -> tuple[dict, DetectorState]:
-        if not isinstance(samples, NestedTensor):
-            samples = nested_tensor_from_tensor_list(list(samples))
-        if self.transformer.batchformer_spans_ranks():
-            samples = pad_to_common_size(samples)  # token l the same place in every rank's images
+        samples = detector_input(samples, self.transformer.batchformer_spans_ranks())
         features, pos, extra_features = self.backbone.forward_levels(samples)
         pos = list(pos)
         srcs, masks = [], []

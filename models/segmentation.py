@@ -97,9 +97,19 @@ class MHAttentionMap(nn.Module):
         return self.dropout(weights)
 
 
-def _conv_gn(c_in: int, c_out: int, kernel: int = 3, bias: bool = True) -> tuple[nn.Conv2d, nn.GroupNorm]:
+def conv_gn(c_in: int, c_out: int, kernel: int = 3, bias: bool = True) -> tuple[nn.Conv2d, nn.GroupNorm]:
+    """A conv of a mask head and its GroupNorm: 8 groups (DETR's), fewer where the channels are fewer."""
     conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=bias)
     return conv, nn.GroupNorm(min(8, c_out), c_out)
+
+
+def init_convs(head: nn.Module) -> None:
+    """A mask head's convs start as DETR's: kaiming-uniform (a=1) weights, zero biases."""
+    for mod in head.modules():
+        if isinstance(mod, nn.Conv2d):
+            nn.init.kaiming_uniform_(mod.weight, a=1)
+            if mod.bias is not None:
+                nn.init.zeros_(mod.bias)
 
 
 class MaskHeadFPN(nn.Module):
@@ -120,19 +130,15 @@ class MaskHeadFPN(nn.Module):
     def __init__(self, hidden_dim: int, num_heads: int, c8: int, c4: int):
         super().__init__()
         dim8, dim4 = max(hidden_dim // 4, 8), max(hidden_dim // 16, 8)
-        self.memory_conv, self.gn_memory = _conv_gn(hidden_dim, dim8)
-        self.attn_conv, self.gn_attn = _conv_gn(num_heads, dim8)
+        self.memory_conv, self.gn_memory = conv_gn(hidden_dim, dim8)
+        self.attn_conv, self.gn_attn = conv_gn(num_heads, dim8)
         self.adapter8 = nn.Conv2d(c8, dim8, 1)
-        self.conv8, self.gn8 = _conv_gn(dim8, dim8)
-        self.narrow, self.gn_narrow = _conv_gn(dim8, dim4)
+        self.conv8, self.gn8 = conv_gn(dim8, dim8)
+        self.narrow, self.gn_narrow = conv_gn(dim8, dim4)
         self.adapter4 = nn.Conv2d(c4, dim4, 1)
-        self.conv4, self.gn4 = _conv_gn(dim4, dim4)
+        self.conv4, self.gn4 = conv_gn(dim4, dim4)
         self.out = nn.Conv2d(dim4, 1, 3, padding=1)
-        for mod in self.modules():
-            if isinstance(mod, nn.Conv2d):
-                nn.init.kaiming_uniform_(mod.weight, a=1)
-                if mod.bias is not None:
-                    nn.init.zeros_(mod.bias)
+        init_convs(self)
 
     fpn_strides = (8, 4)  # the backbone maps it fuses (MaskFeatures.fpn), in the order image_terms takes them
 
