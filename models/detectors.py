@@ -78,6 +78,14 @@ def _deformable_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _detr_problem(args: argparse.Namespace) -> str | None:
+    if args.masks:
+        from models.detr_mask_head import channel_problem
+
+        return channel_problem(args.hidden_dim, args.nheads)
+    return None
+
+
 _DEFORMABLE_ONLY = {
     "two_stage": "two-stage proposals are Deformable DETR's (--meta_arch deformable_detr)",
     "with_box_refine": "iterative box refinement is Deformable DETR's (--meta_arch deformable_detr)",
@@ -125,7 +133,7 @@ DETECTORS: dict[str, Detector] = {
     ),
     "detr": Detector(
         "DETR (single-scale encoder-decoder, softmax classes with a no-object class)",
-        module=None,
+        module="models.detr",
         classification=SoftmaxCrossEntropy,
         bf_modes=_DETR_BF_MODES,
         signature=("transformer.decoder.layers.0.multihead_attn.in_proj_weight",),
@@ -133,6 +141,7 @@ DETECTORS: dict[str, Detector] = {
                   "cls_loss_coef": 1},
         refuses={**_DEFORMABLE_ONLY, "focal_alpha": "it classifies with a softmax (see --eos_coef)"},
         ignores=_DEFORMABLE_ATTENTION,
+        check=_detr_problem,
     ),
     "conditional_detr": Detector(
         "Conditional DETR (conditional spatial queries, sigmoid focal classes)",

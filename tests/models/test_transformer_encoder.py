@@ -20,15 +20,16 @@ def _layer_norm(x, norm):
 
 
 def _attention(attn, query, key, value, padding_mask):
-    """Multi-head attention, one image and one head at a time: (S, B, C) in float64."""
+    """nn.MultiheadAttention ``attn``'s definition, one image and one head at a time: query (L, B, C), key and
+    value (S, B, C), in float64."""
     wq, wk, wv = attn.in_proj_weight.double().chunk(3)
     bq, bk, bv = attn.in_proj_bias.double().chunk(3)
-    d = C // HEADS
+    d = attn.embed_dim // attn.num_heads
     out = torch.zeros_like(query)
     for b in range(query.shape[1]):
         q, k, v = query[:, b] @ wq.T + bq, key[:, b] @ wk.T + bk, value[:, b] @ wv.T + bv
         heads = []
-        for h in range(HEADS):
+        for h in range(attn.num_heads):
             part = slice(h * d, (h + 1) * d)
             scores = q[:, part] @ k[:, part].T / math.sqrt(d)
             if padding_mask is not None:
@@ -38,10 +39,15 @@ def _attention(attn, query, key, value, padding_mask):
     return out
 
 
+def _ffn(layer, y):
+    """linear2(relu(linear1(y))) of ``layer`` in float64."""
+    hidden = (y @ layer.linear1.weight.double().T + layer.linear1.bias.double()).clamp(min=0)
+    return hidden @ layer.linear2.weight.double().T + layer.linear2.bias.double()
+
+
 def _reference_layer(layer, x, pos, padding_mask, pre_norm):
     def ffn(y):
-        hidden = (y @ layer.linear1.weight.double().T + layer.linear1.bias.double()).clamp(min=0)
-        return hidden @ layer.linear2.weight.double().T + layer.linear2.bias.double()
+        return _ffn(layer, y)
 
     if pre_norm:
         y = _layer_norm(x, layer.norm1)
