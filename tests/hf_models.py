@@ -27,3 +27,20 @@ def randomized(model):
             elif ".backbone." in name and name.endswith(("weight", "bias")):  # frozen batch norm
                 b.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
     return model.eval()
+
+
+def small_detr_model(model_class: str, num_labels: int, decoder_layers: int, **config):
+    """transformers' DETR or Conditional DETR (``model_class``) with a ResNet-18, 32 channels, 8 heads, one
+    encoder layer (unless ``config`` says otherwise) and random weights."""
+    import transformers
+
+    config_class = "ConditionalDetrConfig" if model_class.startswith("Conditional") else "DetrConfig"
+    stages = ALL_STAGES if "Segmentation" in model_class else ["stage4"]
+    fields = {"d_model": 32, "encoder_layers": 1, "decoder_layers": decoder_layers,
+              "encoder_attention_heads": 8, "decoder_attention_heads": 8, "encoder_ffn_dim": 48,
+              "decoder_ffn_dim": 48, "num_queries": 7, "num_labels": num_labels, **config}
+    backbone = transformers.ResNetConfig(out_features=stages, **RESNET18)
+    config = getattr(transformers, config_class)(backbone_config=backbone, use_pretrained_backbone=False,
+                                                 **fields)
+    torch.manual_seed(0)
+    return randomized(getattr(transformers, model_class)(config))

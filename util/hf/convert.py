@@ -157,10 +157,14 @@ def _tied(group: list[str], saved: dict[str, Tensor], model_type: HFModelType, m
 
 def _fit_our_model(ours: dict[str, Tensor], saved: dict[str, Tensor], args: argparse.Namespace,
                    model_type: HFModelType, maps: list[NameMap]) -> dict[str, Tensor]:
-    """``ours`` with every name of a shared tensor filled, checked against our model for ``args``."""
+    """``ours`` with every name of a shared tensor filled, checked against our model for ``args``; the
+    BatchFormerV2 weights, which transformers' models have none of, stay missing (as ``ours_to_hf`` leaves
+    them out)."""
     shapes, groups = _our_layout(args)
     fitted: dict[str, Tensor] = {}
     for group in groups:
+        if _is_batchformer(group[0]):
+            continue
         present = [key for key in group if key in ours]
         tensor = ours[present[0]] if present else _tied(group, saved, model_type, maps)
         if tensor is None:

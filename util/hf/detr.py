@@ -95,6 +95,6 @@ DETR = HFModelType(
     model_type="detr", meta_arch="detr", detection="DetrForObjectDetection",
     segmentation="DetrForSegmentation",
     detector_prefix="detr.", detector=NameMap(_RULES, RUNTIME), read_config=_read, write_config=_write,
-    backbone_stages=detr_stages, all_stages_read=False, built_by_models=False, mask_head=MASK_HEAD,
+    backbone_stages=detr_stages, all_stages_read=False, built_by_models=True, mask_head=MASK_HEAD,
     defaults={"encoder_ffn_dim": 2048, "decoder_ffn_dim": 2048, "num_queries": 100},
 )

@@ -20,7 +20,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from datasets.coco_names import COCO_CATEGORY_NAMES  # noqa: E402
 from models.position_encoding import PositionEmbeddingLearned  # noqa: E402
-from tests.hf_models import ALL_STAGES, RESNET18, randomized  # noqa: E402
+from tests.hf_models import ALL_STAGES, RESNET18, small_detr_model  # noqa: E402
 from tools import convert_hf  # noqa: E402
 from util.checkpoint import load_checkpoint  # noqa: E402
 from util.hf.convert import (  # noqa: E402
@@ -108,19 +108,6 @@ def test_published_layout_round_trips_through_from_pretrained(tmp_path, name, ba
     assert sorted(back) == sorted(kept) and all(torch.equal(back[k], kept[k]) for k in kept)
 
 
-def _small_model(model_class: str, num_labels: int, decoder_layers: int):
-    """transformers' model with a ResNet-18, 32 channels and random weights."""
-    config_class = "ConditionalDetrConfig" if model_class.startswith("Conditional") else "DetrConfig"
-    stages = ALL_STAGES if "Segmentation" in model_class else ["stage4"]
-    config = getattr(transformers, config_class)(
-        backbone_config=transformers.ResNetConfig(out_features=stages, **RESNET18),
-        use_pretrained_backbone=False, d_model=32, encoder_layers=1, decoder_layers=decoder_layers,
-        encoder_attention_heads=8, decoder_attention_heads=8, encoder_ffn_dim=48, decoder_ffn_dim=48,
-        num_queries=7, num_labels=num_labels)
-    torch.manual_seed(0)
-    return randomized(getattr(transformers, model_class)(config))
-
-
 _ARCHITECTURE_FIELDS = ("model_type", "architectures", "d_model", "encoder_layers", "decoder_layers",
                         "encoder_attention_heads", "encoder_ffn_dim", "num_queries",
                         "position_embedding_type")
@@ -143,7 +130,7 @@ def _args_of(hf):
 def test_saved_folders_convert_both_ways_with_the_tool(tmp_path, model_class, num_labels, decoder_layers):
     """save_pretrained's folder -> ours -> a folder with the very tensors of the first, that transformers
     loads strictly; the in-memory names convert alike."""
-    hf = _small_model(model_class, num_labels, decoder_layers)
+    hf = small_detr_model(model_class, num_labels, decoder_layers)
     hf.save_pretrained(tmp_path / "hf")
     assert convert_hf.main(["to-ours", str(tmp_path / "hf"), str(tmp_path / "ours.pth")]) == 0
     ours = load_checkpoint(str(tmp_path / "ours.pth"))
@@ -225,7 +212,7 @@ def test_refuses_to_write_what_transformers_cannot_represent():
 def test_a_loss_weight_transformers_cannot_hold_is_left_out_with_a_note(tmp_path):
     """transformers' configs hold the costs and loss weights as integers (and refuse 1.5): the folder is
     written without the field, and says so."""
-    hf = _small_model("DetrForObjectDetection", 5, 1)
+    hf = small_detr_model("DetrForObjectDetection", 5, 1)
     hf.save_pretrained(tmp_path / "hf")
     checkpoint = load_hf_checkpoint(str(tmp_path / "hf"))
     checkpoint["args"].set_cost_class = 1.5
@@ -279,7 +266,7 @@ def test_layers_run_the_same_with_our_names(model_class):
     """transformers' encoder layer (both detectors), DETR's decoder layer and the heads against the same
     layers written here from our names with torch's nn.MultiheadAttention: the q, k, v pieces land in
     the packed in_proj in order and every norm and linear in its place."""
-    hf = _small_model(model_class, 5, 1)
+    hf = small_detr_model(model_class, 5, 1)
     state = hf_to_ours(hf.state_dict(), _args_of(hf))
     g = torch.Generator().manual_seed(1)
     src, pos = torch.randn(2, 12, 32, generator=g), torch.randn(2, 12, 32, generator=g)
