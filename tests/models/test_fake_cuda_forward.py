@@ -23,6 +23,10 @@ CONFIGS = {
     "bf": ["--bf", "1"],
     "bf_eval_bf": ["--bf", "1", "--eval_bf"],
     "masks": ["--masks"],
+    # DETR: one level, a softmax head with "no object" (21 logits), BatchFormerV2 after every layer
+    "detr": ["--meta_arch", "detr", "--num_feature_levels", "1"],
+    "detr_bf_eval_bf": ["--meta_arch", "detr", "--num_feature_levels", "1", "--bf", "3", "--eval_bf", "1"],
+    "detr_masks": ["--meta_arch", "detr", "--num_feature_levels", "1", "--masks", "--nheads", "8"],
 }
 
 
@@ -33,5 +37,6 @@ def test_eval_forward_reads_nothing_back(fake_cuda, name):
     with fake_cuda.run(), torch.no_grad():
         images = [torch.randn(3, 40, 56, device="cuda"), torch.randn(3, 32, 44, device="cuda")]
         out = model(images)
-    assert out["pred_logits"].shape == (2, 5, 20) and out["pred_boxes"].shape == (2, 5, 4)
+    logits = 21 if "detr" in name else 20
+    assert out["pred_logits"].shape == (2, 5, logits) and out["pred_boxes"].shape == (2, 5, 4)
     assert out["pred_boxes"].device.type == "cuda"
