@@ -11,7 +11,7 @@ import torch
 from models.ops.modules import MSDeformAttn
 from tests.tiny_model import tiny_flags
 from tools import export_onnx
-from util.args import get_args_parser
+from util.args import get_args_parser, parse_args
 from util.from_checkpoint import detector_from_checkpoint, typed_flags
 from util.misc import NestedTensor, nested_tensor_from_tensor_list
 
@@ -26,6 +26,7 @@ CASES = {
     "multi_scale": ("--num_feature_levels", "4"),
     "multi_scale_refine_two_stage": ("--num_feature_levels", "4", "--with_box_refine", "--two_stage"),
     "batchformer": ("--bf", "1", "--insert_idx", "0"),  # skipped at inference
+    "detr_batchformer": ("--meta_arch", "detr", "--bf", "3"),  # a sequence-first encoder, no deformable op
 }
 
 
@@ -34,7 +35,8 @@ def _checkpoint(tmp_path, flags: tuple[str, ...]) -> str:
     box head, for one, would hide a wrong reference point)."""
     from models import build_model
 
-    args = argparse.ArgumentParser(parents=[get_args_parser()]).parse_args(tiny_flags(*flags))
+    # parse_args: the detector's own defaults (--meta_arch) under the flags, as main.py parses them
+    args = parse_args(argparse.ArgumentParser(parents=[get_args_parser()]), tiny_flags(*flags))
     model, _, _ = build_model(args)
     with torch.no_grad():
         for p in model.parameters():
