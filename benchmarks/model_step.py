@@ -1,14 +1,12 @@
 """Seconds per training step and per evaluation forward of each detector on this machine.
 
-    python benchmarks/model_step.py [--steps 3] [--warmup 2] [--configs base bf detr detr_bf]
-                                    [--backends cpp pytorch]
+    python benchmarks/model_step.py [--steps 3] [--warmup 2] [--configs base bf] [--backends cpp pytorch]
 
 Batch of 2 random 512x640 images (``--image_size``), ResNet-50 with random weights, every other
-flag at its detector's default. A training step is forward, criterion, backward, gradient clipping and
-the AdamW step of main.py. Each Deformable DETR configuration runs with the compiled C++ op and with
-the pure-PyTorch op in the same process (the op reads MSDA_BACKEND on every call), so the printed
-ratios compare like with like; DETR has no deformable attention and runs once. Each BatchFormerV2
-configuration is printed as a ratio to its detector's plain one of the same run.
+flag at its detector's default (``--meta_arch``). A training step is forward, criterion, backward,
+gradient clipping and the AdamW step of main.py. Each Deformable DETR configuration runs with the compiled
+C++ op and with the pure-PyTorch op in the same process (the op reads MSDA_BACKEND on every call), so the
+printed ratios compare like with like; a detector without deformable attention is timed once.
 """
 from __future__ import annotations
 
@@ -36,9 +34,8 @@ CONFIGS = {
     "detr": ["--meta_arch", "detr"],
     "detr_bf": ["--meta_arch", "detr", "--bf", "3", "--insert_idx", "0"],
 }
-NO_OP = "no_op"  # the label of a detector without the deformable attention op
-# Each BatchFormerV2 configuration and the plain one of its detector.
-BATCHFORMER_OF = {"bf": "base", "detr_bf": "detr"}
+# BatchFormerV2 configuration -> its baseline, for the printed cost ratio of a training step
+BF_BASELINES = {"bf": "base", "detr_bf": "detr"}
 # The public code on this machine, for context (measured outside this script).
 PUBLIC_SECONDS = {("base", "train"): 17.0, ("base", "eval"): 4.5, ("bf", "train"): 27.0}
 
@@ -90,14 +87,11 @@ def time_calls(fn, warmup: int, steps: int) -> tuple[list[float], list[float]]:
 
 
 def run_config(name: str, backends: list[str], warmup: int, steps: int, size: tuple[int, int]) -> dict:
-    # parse_args: the detector's own defaults (--meta_arch) under the flags, as main.py parses them
     args = parse_args(get_args_parser(), ["--device", "cpu", "--no_pretrained_backbone", *CONFIGS[name]])
     torch.manual_seed(0)
     model, criterion, _ = build_model(args)
-    if not any(isinstance(m, MSDeformAttn) for m in model.modules()):
-        backends = [NO_OP]  # no deformable attention: the op's backend changes nothing
     weight_dict = criterion.weight_dict
-    optimizer, _ = build_optimizer(model, args)  # main.py's: AdamW and the detector's parameter groups
+    optimizer, _ = build_optimizer(model, args)  # main.py's: AdamW, three parameter groups
     params = [p for g in optimizer.param_groups for p in g["params"]]
     samples, targets = batch(torch.Generator().manual_seed(0), size)
     parts: dict[str, list[float]] = {"forward+loss": [], "backward": [], "clip+optimizer": []}
@@ -122,25 +116,26 @@ def run_config(name: str, backends: list[str], warmup: int, steps: int, size: tu
         model(samples)
 
     results = {}
-    for backend in backends:
-        if backend != NO_OP:
-            os.environ["MSDA_BACKEND"] = backend
+    deformable = any(isinstance(m, MSDeformAttn) for m in model.modules())
+    for backend in backends if deformable else backends[:1]:
+        os.environ["MSDA_BACKEND"] = backend
+        key = backend if deformable else "no op"
         model.train()
         train, train_cpu = time_calls(train_step, warmup, steps)
         split = ", ".join(f"{k} {statistics.median(v[-steps:]):.2f}" for k, v in parts.items())
         model.eval()
         evaluation, eval_cpu = time_calls(eval_forward, max(1, warmup - 1), steps)
-        results[backend] = {
+        results[key] = {
             "train": statistics.median(train), "eval": statistics.median(evaluation),
             "train_cpu": statistics.median(train_cpu), "eval_cpu": statistics.median(eval_cpu),
         }
         all_train = ", ".join(f"{t:.2f}" for t in train)
         all_eval = ", ".join(f"{t:.2f}" for t in evaluation)
-        print(f"{name:7s} {backend:8s} train {results[backend]['train']:6.2f} s/step (all: {all_train})  "
-              f"eval {results[backend]['eval']:6.2f} s/forward (all: {all_eval})  [{load()}]\n"
-              f"      CPU seconds: train {results[backend]['train_cpu']:.2f}, "
-              f"eval {results[backend]['eval_cpu']:.2f}; train step median parts (wall): {split}", flush=True)
-    return results
+        print(f"{name:14s} {key:8s} train {results[key]['train']:6.2f} s/step (all: {all_train})  "
+              f"eval {results[key]['eval']:6.2f} s/forward (all: {all_eval})  [{load()}]\n"
+              f"      CPU seconds: train {results[key]['train_cpu']:.2f}, "
+              f"eval {results[key]['eval_cpu']:.2f}; train step median parts (wall): {split}", flush=True)
+    return results  # by backend; without deformable attention one entry, "no op" (no backend matters)
 
 
 def main() -> None:
@@ -168,7 +163,7 @@ def main() -> None:
     print("\nMedian wall seconds, and process CPU seconds (ratios in the same run):")
     for name, per_backend in results.items():
         for phase in ("train", "eval", "train_cpu", "eval_cpu"):
-            line = f"  {name:7s} {phase:9s} "
+            line = f"  {name:14s} {phase:9s} "
             line += "  ".join(f"{b} {per_backend[b][phase]:6.2f} s" for b in per_backend)
             if len(per_backend) == 2:
                 line += f"  pytorch/cpp {per_backend['pytorch'][phase] / per_backend['cpp'][phase]:.2f}x"
@@ -177,12 +172,11 @@ def main() -> None:
                 ours = per_backend[backends[0]][phase]
                 line += f"  public code {public:.1f} s / {backends[0]}: {public / ours:.2f}x"
             print(line)
-    for bf, plain in BATCHFORMER_OF.items():
-        if bf in results and plain in results:
+    for bf, base in BF_BASELINES.items():
+        if bf in results and base in results:
             for b in results[bf]:
-                for phase in ("train", "eval"):
-                    ratio = results[bf][b][phase] / results[plain][b][phase]
-                    print(f"  {bf}/{plain} {phase} with {b}: {ratio:.2f}x")
+                ratio = results[bf][b]["train"] / results[base][b]["train"]
+                print(f"  {bf}/{base} train step with {b}: {ratio:.2f}x")
     print(f"End: {load()}")
 
 
