@@ -1,5 +1,4 @@
-"""--bf_scope global on two gloo processes equals one process over the concatenated batch, for each detector
-(Deformable DETR's batch-first encoder, DETR's sequence-first one).
+"""--bf_scope global on two gloo processes equals one process over the concatenated batch, for each detector.
 
 Rank r holds images 2r and 2r + 1 (of different sizes on the two ranks, so the common padding matters);
 one process holds all four in one batch. Compared in float64 (the criterion's float32 aside), so that
@@ -32,10 +31,9 @@ from util.misc import nested_tensor_from_tensor_list
 COMMON = ("--no_pretrained_backbone --backbone resnet18 --hidden_dim 32 --dim_feedforward 64 --enc_layers 2 "
           "--dec_layers 2 --num_queries 6 --nheads 4 --dataset_file toy --device cpu --dropout 0 "
           "--insert_idx 0 1 --bf_scope global --eval_bf").split()
-# Each detector with its two-stream --bf mode after encoder layers 0 and 1.
 DETECTORS = {
-    "deformable_detr": [*COMMON, "--bf", "1", "--enc_n_points", "2", "--dec_n_points", "2"],
-    "detr": [*COMMON, "--meta_arch", "detr", "--bf", "3", "--num_feature_levels", "1"],
+    "deformable_detr": ["--enc_n_points", "2", "--dec_n_points", "2", "--bf", "1"],
+    "detr": ["--meta_arch", "detr", "--bf", "3"],
 }
 SIZES = [(48, 64), (56, 40), (64, 80), (40, 72)]  # rank 0: images 0, 1; rank 1: images 2, 3
 WORLD = 2
@@ -44,7 +42,7 @@ PER_RANK = len(SIZES) // WORLD
 
 def _build(flags: list[str]):
     torch.manual_seed(0)
-    model, criterion, postprocessors = build_model(parse_args(get_args_parser(), flags))
+    model, criterion, postprocessors = build_model(parse_args(get_args_parser(), [*COMMON, *flags]))
     for m in model.modules():  # dropout off, the BatchFormer's 0.5 included: the runs draw no masks
         if isinstance(m, nn.Dropout):
             m.p = 0.0
@@ -119,8 +117,7 @@ def test_two_processes_compute_what_one_process_computes_over_the_whole_batch(de
     everything = list(range(len(SIZES)))
     with tempfile.TemporaryDirectory() as d:
         torch.save(model.state_dict(), os.path.join(d, "weights.pt"))
-        mp.spawn(_worker, args=(os.path.join(d, "store"), d, DETECTORS[detector]), nprocs=WORLD,
-                 join=True)
+        mp.spawn(_worker, args=(os.path.join(d, "store"), d, DETECTORS[detector]), nprocs=WORLD, join=True)
         ranks = [torch.load(os.path.join(d, f"rank{r}.pt")) for r in range(WORLD)]
     reference_eval = _evaluate(model, postprocess, everything)
     reference_losses, reference_grads = _train_step(model, criterion, everything)
