@@ -9,7 +9,7 @@ import torch
 
 from models import build_model
 from tests.tiny_model import tiny_flags
-from util.args import get_args_parser
+from util.args import get_args_parser, parse_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,7 +32,8 @@ CONFIGS = {
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_eval_forward_reads_nothing_back(fake_cuda, name):
-    model, _, _ = build_model(get_args_parser().parse_args([*TINY, *CONFIGS[name]]))
+    # parse_args: the detector's own defaults (--meta_arch) under the flags, as main.py parses them
+    model, _, _ = build_model(parse_args(get_args_parser(), [*TINY, *CONFIGS[name]]))
     model = fake_cuda.module(model.eval())
     with fake_cuda.run(), torch.no_grad():
         images = [torch.randn(3, 40, 56, device="cuda"), torch.randn(3, 32, 44, device="cuda")]
