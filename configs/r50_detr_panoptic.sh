@@ -13,6 +13,9 @@
 # (DETECTOR is not needed then); PQ, box and mask AP go to eval_stats.json.
 set -e
 EXP_DIR=${EXP_DIR:-exps/r50_detr_panoptic}
+if [ -n "$DETECTOR" ]; then
+    set -- --frozen_weights "$DETECTOR" "$@"
+fi
 set -x
 "${PYTHON:-python3}" -u "$(dirname "$0")/../main.py" --output_dir "$EXP_DIR" --meta_arch detr --masks \
-    --dataset_file coco_panoptic --epochs 25 --lr_drop 15 ${DETECTOR:+--frozen_weights "$DETECTOR"} "$@"
+    --dataset_file coco_panoptic --epochs 25 --lr_drop 15 "$@"

@@ -97,6 +97,10 @@ CONFIGS = {
     "r50_deformable_detr_plus_iterative_bbox_refinement_plus_plus_two_stage": ["--with_box_refine",
                                                                                "--two_stage"],
     "r50_deformable_detr_bf": ["--bf", "1", "--insert_idx", "0", "--share_bf", "0"],
+    "r50_detr": ["--meta_arch", "detr"],
+    "r50_detr_bf": ["--meta_arch", "detr", "--bf", "3", "--insert_idx", "0"],
+    "r50_detr_panoptic": ["--meta_arch", "detr", "--masks", "--dataset_file", "coco_panoptic", "--epochs",
+                          "25", "--lr_drop", "15"],
 }
 
 
@@ -111,6 +115,18 @@ def test_configs_forward_flags_to_main(tmp_path, name):
     assert args[0] == "-u" and os.path.samefile(args[1], os.path.join(ROOT, "main.py"))
     assert args[2:4] == ["--output_dir", f"exps/{name}"]
     assert args[4:] == CONFIGS[name] + ["--resume", "my ckpt.pth", "--eval"]
+
+
+def test_the_panoptic_config_takes_the_detector_from_DETECTOR(tmp_path):
+    """DETR's second panoptic step: DETECTOR names the frozen detector (--frozen_weights), before the
+    flags given on the command line."""
+    fake_python = _script(tmp_path / "python", '#!/bin/sh\nfor a in "$@"; do echo "ARG $a"; done\n')
+    out = subprocess.run([os.path.join(ROOT, "configs", "r50_detr_panoptic.sh"), "--bf", "3"],
+                         capture_output=True, text=True, timeout=20, cwd=tmp_path,
+                         env={**os.environ, "PYTHON": fake_python, "DETECTOR": "step 1/checkpoint.pth"})
+    assert out.returncode == 0, out.stderr
+    args = [line[4:] for line in out.stdout.splitlines() if line.startswith("ARG ")]
+    assert args[-4:] == ["--frozen_weights", "step 1/checkpoint.pth", "--bf", "3"]
 
 
 def test_every_config_is_executable_and_parses():
